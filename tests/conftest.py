@@ -1,0 +1,46 @@
+"""Shared pytest fixtures: import path for the collection, and running a module as Ansible does."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COLLECTIONS = REPO / "collections"
+FIXTURES = REPO / "tests" / "fixtures"
+sys.path.insert(0, str(COLLECTIONS))
+
+
+def _run_module(name: str, args: dict, check_mode: bool = False, diff: bool = False,
+                env: dict | None = None, timeout: int = 120) -> dict:
+    """Run plugins/modules/NAME.py in a subprocess with an args file, as Ansible's module runner does."""
+    payload = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
+    args_file = Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / ("module-args-%d.json" % os.getpid())
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": payload}))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "plugins" / "modules" / (name + ".py")), str(args_file)],
+        capture_output=True, text=True, timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=str(COLLECTIONS), **(env or {})),
+    )
+    try:
+        result = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError("module %s printed no JSON (rc=%s)\nstdout: %s\nstderr: %s"
+                             % (name, proc.returncode, proc.stdout, proc.stderr)) from exc
+    result["_rc"] = proc.returncode
+    return result
+
+
+@pytest.fixture
+def run_module():
+    return _run_module
+
+
+@pytest.fixture
+def smi_fixture():
+    """Path of a recorded machine's folder under tests/fixtures/nvidia-smi."""
+    return lambda name: FIXTURES / "nvidia-smi" / name

@@ -1,0 +1,80 @@
+# Shared shell helpers for the lab: tool venv, Docker engine, node image.
+# Sourced by tools/lab/*.sh and .ci/run; every function is idempotent and safe to rerun.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+TOOL_VENV="${AUTOGLM_TOOL_VENV:-$REPO_ROOT/.venv}"
+NODE_IMAGE_RECIPE="$REPO_ROOT/tools/lab/node-image.sh"
+LAB_CACHE="${AUTOGLM_LAB_CACHE:-/var/cache/autoglm-lab}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "This command installs packages and runs Docker: run it as root (or with sudo)." >&2
+    exit 1
+  fi
+}
+
+apt_install() {
+  # Installs the Debian packages given, only those missing, with one apt-get update per run.
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  log "Installing Debian packages: ${missing[*]}"
+  if [ -z "${_APT_UPDATED:-}" ]; then apt-get update -qq; _APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_tool_venv() {
+  # The controller's tools (ansible, molecule, testinfra, linters) live in one venv,
+  # rebuilt only when requirements-dev.txt changes.
+  local req="$REPO_ROOT/requirements-dev.txt" stamp="$TOOL_VENV/.requirements.sha256"
+  local want; want="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  apt_install python3-venv
+  log "Building the tool venv at $TOOL_VENV"
+  python3 -m venv "$TOOL_VENV"
+  "$TOOL_VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$TOOL_VENV/bin/pip" install -q -r "$req"
+  echo "$want" > "$stamp"
+}
+
+ensure_docker() {
+  # Debian's docker.io; started by hand when PID 1 is not systemd (CI machines, containers).
+  command -v dockerd >/dev/null || apt_install docker.io
+  if docker info >/dev/null 2>&1; then return 0; fi
+  if [ -d /run/systemd/system ]; then
+    systemctl start docker
+  else
+    log "Starting dockerd in the background (log: /var/log/autoglm-dockerd.log)"
+    nohup dockerd >/var/log/autoglm-dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
+  echo "dockerd did not come up; see /var/log/autoglm-dockerd.log" >&2
+  exit 1
+}
+
+node_image_tag() {
+  # The tag is the recipe's hash: a changed recipe means a new image, an unchanged one is reused.
+  echo "autoglm-node:$(sha256sum "$NODE_IMAGE_RECIPE" | cut -c1-12)"
+}
+
+ensure_node_image() {
+  local tag; tag="$(node_image_tag)"
+  if docker image inspect "$tag" >/dev/null 2>&1; then
+    docker tag "$tag" autoglm-node:latest
+    return 0
+  fi
+  apt_install debootstrap
+  log "Building node image $tag (debootstrap, about a minute)"
+  bash "$NODE_IMAGE_RECIPE" "$tag"
+  docker tag "$tag" autoglm-node:latest
+}
+
+activate_tools() {
+  export PATH="$TOOL_VENV/bin:$PATH"
+  export ANSIBLE_CONFIG="$REPO_ROOT/ansible.cfg"
+}
