@@ -119,7 +119,7 @@ class GpuFacts:
 
     def _smi(self, *args):
         rc, out, err = self.module.run_command(
-            ["timeout", str(self.timeout), self.binary] + list(args),
+            ["timeout", str(self.timeout), self.binary, *list(args)],
             environ_update={"LC_ALL": "C", "LANG": "C"})
         if rc == 124:
             return rc, "", "nvidia-smi timed out after %ds (a GPU may have fallen off the bus)" % self.timeout

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ansible_collections.autoglm.deploy.plugins.module_utils import _sizing
 
 AUTOGLM = dict(params_billion=10.3, dtype="bfloat16", context_length=25480, num_layers=40, num_kv_heads=2,

@@ -34,7 +34,7 @@ def test_a_24gb_card_fails_vram_with_host_and_numbers(run_module, tmp_path, gpu_
 def test_shorter_context_and_higher_utilisation_fit_the_same_card(run_module, tmp_path, gpu_facts_of):
     model = {"context_length": 4096, "gpu_memory_utilization": 0.95}  # (19.19 + 0.16 + 2.5) / 0.95 = 23.0
     result = preflight(run_module, tmp_path, gpu_facts_of("rtx4090-1gpu"), model=model)
-    assert result.get("failed") is not True, result["msg"] if "msg" in result else result
+    assert result.get("failed") is not True, result.get("msg", result)
     assert [c["status"] for c in result["checks"] if c["name"] in ("gpu", "vram")] == ["passed", "passed"]
 
 

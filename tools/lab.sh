@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The embedded lab: systemd containers standing in for GPU servers, and the demo that deploys onto them.
+#   tools/lab.sh demo     set up what is missing, bring the lab up, run site.yml, print a summary
+#   tools/lab.sh up       only bring the nodes up
+#   tools/lab.sh down     remove the nodes and their network
+#   tools/lab.sh status   list the nodes
+source "$(dirname "$0")/lab/lib.sh"
+LAB_NODES=(lab-node1 lab-node2 lab-node3)
+LAB_NETWORK=autoglm-lab
+
+lab_up() {
+  docker network inspect "$LAB_NETWORK" >/dev/null 2>&1 || docker network create "$LAB_NETWORK" >/dev/null
+  for node in "${LAB_NODES[@]}"; do
+    if [ "$(docker inspect -f '{{.State.Running}}' "$node" 2>/dev/null)" = "true" ]; then continue; fi
+    docker rm -f "$node" >/dev/null 2>&1 || true
+    log "Starting $node"
+    # The options that run systemd here without --privileged (see ../shared/LAB.md).
+    docker run -d --name "$node" --hostname "$node" --network "$LAB_NETWORK" \
+      --cap-add SYS_ADMIN --cap-add NET_ADMIN --cgroupns host \
+      -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
+      --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+      autoglm-node:latest /lib/systemd/systemd >/dev/null
+  done
+  for node in "${LAB_NODES[@]}"; do
+    for _ in $(seq 1 60); do
+      state="$(docker exec "$node" systemctl is-system-running 2>/dev/null || true)"
+      case "$state" in running|degraded) break ;; esac
+      sleep 1
+    done
+    echo "  $node: systemd $state"
+  done
+}
+
+lab_down() {
+  for node in "${LAB_NODES[@]}"; do docker rm -f "$node" >/dev/null 2>&1 || true; done
+  docker network rm "$LAB_NETWORK" >/dev/null 2>&1 || true
+  log "Lab removed"
+}
+
+run_site() {
+  activate_tools
+  cd "$REPO_ROOT"
+  python3 "$REPO_ROOT/tools/lab/run_playbook.py" site.yml -i inventories/lab "$@"
+}
+
+case "${1:-demo}" in
+  up) need_root; ensure_tool_venv; ensure_docker; ensure_node_image; lab_up ;;
+  down) ensure_docker; lab_down ;;
+  status) docker ps -a --filter "name=lab-node" --format '{{.Names}}\t{{.Status}}' ;;
+  site) shift; run_site "$@" ;;
+  demo)
+    need_root; ensure_tool_venv; ensure_docker; ensure_node_image; lab_up
+    log "ansible-playbook site.yml -i inventories/lab"
+    run_site
+    log "Rerun: a converged fleet reports changed=0"
+    run_site --expect-no-changes
+    ;;
+  *) echo "usage: $0 demo|up|down|status|site" >&2; exit 2 ;;
+esac

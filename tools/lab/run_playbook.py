@@ -1,0 +1,69 @@
+"""Run a playbook with ansible-runner and print a per-host summary read from its stats, not its text.
+
+    python3 tools/lab/run_playbook.py site.yml -i inventories/lab [--expect-no-changes] [-- extra args]
+
+Exits non-zero when the playbook fails, or when --expect-no-changes is given and any host changed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ansible_runner
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(playbook: str, inventory: str, extra: list[str]) -> tuple[int, dict, float, list]:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="autoglm-runner-") as private:
+        env = {"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+        result = ansible_runner.run(
+            private_data_dir=private, project_dir=str(REPO), playbook=str(REPO / playbook),
+            inventory=str(REPO / inventory), cmdline=" ".join(extra) or None,
+            envvars=env, quiet=False, suppress_env_files=True,
+        )
+        changed_tasks = [
+            (event["event_data"].get("host"), event["event_data"].get("task"))
+            for event in result.events
+            if event.get("event") == "runner_on_ok" and event["event_data"].get("res", {}).get("changed")
+        ]
+        return result.rc, result.stats or {}, time.monotonic() - started, changed_tasks
+
+
+def summary(stats: dict) -> list[tuple]:
+    hosts = sorted({host for key in ("ok", "changed", "failures", "dark", "skipped") for host in stats.get(key, {})})
+    return [(host, stats.get("ok", {}).get(host, 0), stats.get("changed", {}).get(host, 0),
+             stats.get("failures", {}).get(host, 0), stats.get("dark", {}).get(host, 0)) for host in hosts]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("playbook")
+    parser.add_argument("-i", "--inventory", required=True)
+    parser.add_argument("--expect-no-changes", action="store_true")
+    parser.add_argument("extra", nargs="*")
+    args = parser.parse_args()
+    os.chdir(REPO)
+    rc, stats, seconds, changed_tasks = run(args.playbook, args.inventory, args.extra)
+    rows = summary(stats)
+    print("\n%-16s %5s %8s %7s %12s" % ("host", "ok", "changed", "failed", "unreachable"))
+    for row in rows:
+        print("%-16s %5d %8d %7d %12d" % row)
+    print("%s in %.1fs (rc=%d)" % (args.playbook, seconds, rc))
+    if rc != 0:
+        return rc
+    if args.expect_no_changes and changed_tasks:
+        print("expected no changes, but these tasks changed:", file=sys.stderr)
+        for host, task in changed_tasks:
+            print("  %s: %s" % (host, task), file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
