@@ -38,7 +38,8 @@ ensure_tool_venv() {
   log "Building the tool venv at $TOOL_VENV"
   python3 -m venv "$TOOL_VENV"
   "$TOOL_VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$TOOL_VENV/bin/pip" install -q -r "$req"
+  # (This machine's pip config lists find-links folders that may be absent: drop those warnings.)
+  "$TOOL_VENV/bin/pip" install -q -r "$req" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
   echo "$want" > "$stamp"
 }
 
