@@ -13,7 +13,7 @@ description:
     survive and Docker needs restarting only when RV(changed) is true.
   - Objects (C(runtimes), C(log-opts), ...) are merged recursively; lists (C(registry-mirrors),
     C(insecure-registries), ...) are replaced or extended as O(list_merge) says; scalars are replaced.
-  - An existing file that is not valid JSON, or whose top level is not an object, is never overwritten:
+  - An existing file that is not valid JSON, or whose top level is not an object, is never overwritten;
     the module fails, naming the line and column, and leaves the file as it was.
   - The new file is written to a temporary file in the same directory and moved into place atomically.
 options:
@@ -25,9 +25,9 @@ options:
     description:
       - The keys to manage, as they appear in C(daemon.json) (for example C(registry-mirrors), C(log-opts)).
       - With O(state=present) they are merged in. With O(state=absent) they are removed; a key whose value
-        is an object removes only the sub-keys it names (C({runtimes: {nvidia: {}}}) removes the C(nvidia)
-        runtime and keeps the others, and drops C(runtimes) if it ends up empty); any other value removes the
-        whole key (the value itself is ignored).
+        is an object removes only the sub-keys it names (a C(runtimes) object naming only C(nvidia) removes the
+        C(nvidia) runtime, keeps the others, and drops C(runtimes) if it ends up empty); any other value
+        removes the whole key (the value itself is ignored).
       - C(null) values are refused; use O(state=absent) to remove a key.
     type: dict
     required: true
