@@ -1,0 +1,206 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The snapshot manifest: what model_fetch downloaded and model_verify checks against.
+
+Location: <model_dir>/.autoglm/manifest.json. `.autoglm/` holds this collection's own state
+(manifest, verify cache, quarantine) and is never counted as a model file. Format 1:
+
+    {"format": 1, "source": "huggingface" | "modelscope" | "url", "repo_id": "org/name",
+     "revision": "<as asked>", "commit": "<resolved commit id>", "fetched_at": "<ISO-8601 UTC>",
+     "files": [{"path": "relative/posix/path", "size": 123, "sha256": "<hex>" | null,
+                "git_sha1": "<hex>" | null, "endpoint": "<base URL that served it>"}]}
+
+`files` is sorted by path; each file has at least one of sha256 / git_sha1; an endpoint never
+carries credentials. validate() says which field is wrong; write() is atomic (temp file in the
+same directory, fsync, os.replace, fsync of the directory) so a crash leaves the old or the new
+manifest, never half of one. Standard library only: this runs on target nodes.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+FORMAT = 1
+STATE_DIR = ".autoglm"
+MANIFEST_NAME = "manifest.json"
+SOURCES = ("huggingface", "modelscope", "url")
+_HEX_DIGITS = {"sha256": 64, "git_sha1": 40}
+_TOP_KEYS = ("format", "source", "repo_id", "revision", "commit", "fetched_at", "files")
+_FILE_KEYS = ("path", "size", "sha256", "git_sha1", "endpoint")
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, unreadable or not format 1; the message names the field."""
+
+
+def state_dir(model_dir: str) -> str:
+    return os.path.join(model_dir, STATE_DIR)
+
+
+def manifest_path(model_dir: str) -> str:
+    return os.path.join(model_dir, STATE_DIR, MANIFEST_NAME)
+
+
+def is_state_path(relpath: str) -> bool:
+    """True for paths inside .autoglm/ (our state, never a model file)."""
+    return relpath == STATE_DIR or relpath.startswith(STATE_DIR + "/")
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_hex(value, digits: int) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{%d}" % digits, value) is not None
+
+
+def check_relpath(path, where: str = "path") -> str:
+    """A model file path: relative, POSIX, normalised, inside the model dir, not our state."""
+    if not isinstance(path, str) or not path:
+        raise ManifestError("%s must be a non-empty string, got %r" % (where, path))
+    if path.startswith("/") or "\\" in path or "\0" in path:
+        raise ManifestError("%s %r must be a relative POSIX path (no leading '/', no backslash)" % (where, path))
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ManifestError("%s %r must be normalised: no empty, '.' or '..' components" % (where, path))
+    if is_state_path(path):
+        raise ManifestError("%s %r is inside %s/, which holds state, not model files" % (where, path, STATE_DIR))
+    return path
+
+
+def strip_credentials(url: str) -> str:
+    """The base URL without user:password@, query or fragment: what may be recorded as an endpoint."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = "[%s]" % host
+    if parts.port:
+        host += ":%d" % parts.port
+    return "%s://%s%s" % (parts.scheme, host, parts.path.rstrip("/")) if parts.scheme else url
+
+
+def _check_endpoint(value, where: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ManifestError("%s must be the base URL that served the file, got %r" % (where, value))
+    parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        raise ManifestError("%s carries credentials; record it with strip_credentials()" % where)
+    if parts.query:
+        raise ManifestError("%s has a query string (tokens live there); record only the base URL" % where)
+
+
+def validate_file(entry, where: str = "files[]") -> dict:
+    if not isinstance(entry, dict):
+        raise ManifestError("%s must be an object, got %s" % (where, type(entry).__name__))
+    missing = [key for key in _FILE_KEYS if key not in entry]
+    if missing:
+        raise ManifestError("%s lacks %s" % (where, ", ".join(missing)))
+    check_relpath(entry["path"], where + ".path")
+    where = "%s (%s)" % (where, entry["path"])
+    size = entry["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ManifestError("%s.size must be a non-negative integer, got %r" % (where, size))
+    for algorithm, digits in _HEX_DIGITS.items():
+        value = entry[algorithm]
+        if value is not None and not is_hex(value, digits):
+            raise ManifestError("%s.%s must be lowercase hex of %d digits or null, got %r"
+                                % (where, algorithm, digits, value))
+    if entry["sha256"] is None and entry["git_sha1"] is None:
+        raise ManifestError("%s has neither sha256 nor git_sha1: nothing to verify it with" % where)
+    _check_endpoint(entry["endpoint"], where + ".endpoint")
+    return {key: entry[key] for key in _FILE_KEYS}
+
+
+def validate(data) -> dict:
+    """Check a manifest object; return it normalised (known keys, files sorted). Raises ManifestError."""
+    if not isinstance(data, dict):
+        raise ManifestError("the manifest must be a JSON object, got %s" % type(data).__name__)
+    if data.get("format") != FORMAT:
+        raise ManifestError("manifest format %r is not supported; this collection reads format %d"
+                            % (data.get("format"), FORMAT))
+    missing = [key for key in _TOP_KEYS if key not in data]
+    if missing:
+        raise ManifestError("the manifest lacks %s" % ", ".join(missing))
+    if data["source"] not in SOURCES:
+        raise ManifestError("source %r is not one of %s" % (data["source"], ", ".join(SOURCES)))
+    for key in ("repo_id", "revision", "commit", "fetched_at"):
+        if not isinstance(data[key], str) or not data[key]:
+            raise ManifestError("%s must be a non-empty string, got %r" % (key, data[key]))
+    if not isinstance(data["files"], list):
+        raise ManifestError("files must be a list, got %s" % type(data["files"]).__name__)
+    files = [validate_file(entry, "files[%d]" % index) for index, entry in enumerate(data["files"])]
+    seen = set()
+    for entry in files:
+        if entry["path"] in seen:
+            raise ManifestError("files lists %r twice" % entry["path"])
+        seen.add(entry["path"])
+    result = {key: data[key] for key in _TOP_KEYS}
+    result["files"] = sorted(files, key=lambda entry: entry["path"])
+    return result
+
+
+def new(source: str, repo_id: str, revision: str, commit: str, files: list, fetched_at: str | None = None) -> dict:
+    """Build (and validate) a manifest; `files` are dicts with the five file keys, in any order."""
+    return validate({"format": FORMAT, "source": source, "repo_id": repo_id, "revision": revision,
+                     "commit": commit, "fetched_at": fetched_at or utc_now_iso(), "files": list(files)})
+
+
+def load(path: str) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError as exc:
+        raise ManifestError("no manifest at %s (fetch the model with model_fetch first, or give the "
+                            "expected files another way)" % path) from exc
+    except OSError as exc:
+        raise ManifestError("cannot read the manifest %s: %s" % (path, exc.strerror or exc)) from exc
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ManifestError("the manifest %s is not valid JSON: %s" % (path, exc)) from exc
+    try:
+        return validate(data)
+    except ManifestError as exc:
+        raise ManifestError("%s: %s" % (path, exc)) from exc
+
+
+def by_path(manifest: dict) -> dict:
+    return {entry["path"]: entry for entry in manifest["files"]}
+
+
+def atomic_write_bytes(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so readers see the old or the new content, never a mix, even after a crash."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def dumps(data) -> bytes:
+    return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def write(model_dir: str, manifest: dict) -> str:
+    """Validate and atomically write the manifest of `model_dir`; returns its path."""
+    path = manifest_path(model_dir)
+    atomic_write_bytes(path, dumps(validate(manifest)))
+    return path
