@@ -1,0 +1,1 @@
+"""Helpers the tests share: the tiny test model, the mirror server as a subprocess."""

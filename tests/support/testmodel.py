@@ -1,0 +1,47 @@
+"""Build the tiny test model once per test session (shared by pytest-xdist workers) and hand out its path.
+
+    from support.testmodel import tiny_model   # tests/ is on sys.path under pytest
+    path = tiny_model(tmp_path_factory)        # directory with config.json, 3 shards, tokenizer, ...
+
+The builder is tools/testmodel/build_test_model.py; nothing it writes is committed.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILDER = REPO / "tools" / "testmodel" / "build_test_model.py"
+
+
+def load_builder():
+    """The builder script as a module (it lives under tools/, which is not a package)."""
+    spec = importlib.util.spec_from_file_location("build_test_model", BUILDER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _shared_root(tmp_path_factory) -> Path:
+    # Under xdist every worker has its own basetemp below one common parent: build there once.
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def tiny_model(tmp_path_factory, seed: int = 0) -> Path:
+    """Path of the tiny model built with `seed`; built at most once per session, under a file lock."""
+    tag = hashlib.sha256(BUILDER.read_bytes()).hexdigest()[:12]
+    root = _shared_root(tmp_path_factory)
+    target = root / ("tiny-model-%s-seed%d" % (tag, seed))
+    with open(root / (target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_dir():
+            staging = root / (target.name + ".building")
+            shutil.rmtree(staging, ignore_errors=True)
+            load_builder().build_tiny_model(staging, seed=seed)
+            staging.rename(target)
+    return target
