@@ -380,7 +380,7 @@ class NetworkTuning:
     def absent_reason(self, key: str, scope: str) -> str:
         if scope == _sysctl.SCOPE_INITIAL_ONLY and not self.initial_netns:
             return ("%s exists only in the initial network namespace and this host runs in another one (a container): "
-                    "set it on the machine that runs the container; it is persisted here for when this runs on a host" % key)
+                    "set it on the machine that runs the container" % key)
         return ("%s does not exist under %s on kernel %s: check the name, or load the kernel module that provides it"
                 % (key, self.root, self.release))
 
