@@ -1,0 +1,566 @@
+"""The HTTP server: Hugging Face and ModelScope download APIs over the store, read-only.
+
+One thread per connection (ThreadingHTTPServer), HTTP/1.1 keep-alive, file bodies sent with
+os.sendfile (ranges included), so the kernel copies page cache to socket and many concurrent
+connections cost little CPU. Endpoints:
+
+    GET  /health
+    GET  /api/models/ORG/NAME[/revision/REV][?blobs=true]         model info (siblings, sha)
+    GET  /api/models/ORG/NAME/tree/REV[/PATH][?recursive=true]      tree, paginated with Link rel="next"
+    POST /api/models/ORG/NAME/paths-info/REV                       form or JSON: paths=..., expand=...
+    GET  /api/models/ORG/NAME/refs                                 branches and tags
+    GET|HEAD /ORG/NAME/resolve/REV/PATH                            file, Range, ETag, X-Repo-Commit, X-Linked-*
+    GET  /api/v1/models/ORG/NAME/repo/files?Revision=&Recursive=&Root=   ModelScope file list
+    GET|HEAD /api/v1/models/ORG/NAME/repo?Revision=&FilePath=      ModelScope file, Range
+    GET  /api/v1/models/ORG/NAME/revisions                         ModelScope branches and tags
+    GET  /api/v1/models/ORG/NAME                                   ModelScope model info
+
+Errors carry Hugging Face's X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound) and a JSON
+body. Protected repos need `Authorization: Bearer TOKEN` (401 otherwise). The access log has method,
+path (no query string), status and bytes: never a header, so never a token.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import fnmatch
+import hmac
+import json
+import os
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from . import __version__
+from .faults import Faults
+from .store import Snapshot, Store, StoreError, check_repo_path, lfs_pointer
+
+SEND_CHUNK = 8 << 20
+RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+MS_DEFAULT_REVISIONS = ("master", "main")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.headers = headers or {}
+
+
+class Config:
+    def __init__(self, store: Store, tokens: list[str] | None = None, protected: list[str] | None = None,
+                 faults: Faults | None = None, page_size: int = 1000, access_log: bool = True,
+                 send_timeout: float = 120.0):
+        self.store = store
+        self.tokens = [t for t in (tokens or []) if t]
+        self.protected = list(protected or [])
+        self.faults = faults or Faults()
+        self.page_size = page_size
+        self.access_log = access_log
+        self.send_timeout = send_timeout
+        self.log_lock = threading.Lock()
+
+    def is_protected(self, repo_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(repo_id, pattern) for pattern in self.protected)
+
+    def token_ok(self, header: str | None) -> bool:
+        if not header or not header.startswith("Bearer "):
+            return False
+        given = header[len("Bearer "):].strip().encode()
+        # Compare against every token so the time taken does not tell which one nearly matched.
+        return any([hmac.compare_digest(given, t.encode()) for t in self.tokens])
+
+
+def split_path(raw: str) -> list[str]:
+    """Percent-decode each '/'-separated segment; refuse segments that decode to traversal or separators."""
+    segments = raw.split("/")[1:]
+    out = []
+    for seg in segments:
+        value = unquote(seg, errors="strict")
+        out.append(value)
+    return out
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """(start, end inclusive) for one satisfiable range; None to serve it all; 'unsatisfiable' for 416."""
+    if not header:
+        return None
+    match = RANGE.match(header.strip())
+    if not match:
+        return None  # multiple ranges or other units: RFC 9110 lets us answer with the whole body
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        length = int(last)
+        if length == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, min(end, size - 1)
+
+
+def iso_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "autoglm-mirror/" + __version__
+
+    def version_string(self) -> str:
+        return self.server_version
+    timeout = 300  # idle keep-alive connections are closed after this long
+    config: Config  # set on the subclass made by make_server
+
+    # ---- plumbing -------------------------------------------------------------------------------
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.config.access_log:
+            with self.config.log_lock:
+                sys.stderr.write("%s %s\n" % (self.address_string(), format % args))
+                sys.stderr.flush()
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        # Called when the status line goes out; the line is written once the body is done (or failed).
+        self._status = getattr(code, "value", code)
+
+    def handle_one_request(self) -> None:
+        self._sent = 0
+        self._status = None
+        self._body_read = False
+        try:
+            super().handle_one_request()
+        finally:
+            if self._status is not None:
+                path = urlsplit(getattr(self, "path", "") or "").path
+                self.log_message('"%s %s" %s %d', getattr(self, "command", "-"), path, self._status, self._sent)
+
+    def _send_headers(self, status: int, headers: dict[str, Any]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, str(value))
+        self.end_headers()
+
+    def send_json(self, status: int, data: Any, headers: dict | None = None) -> None:
+        body = json.dumps(data).encode()
+        self._send_headers(status, {"Content-Type": "application/json; charset=utf-8", "Content-Length": len(body),
+                                    **(headers or {})})
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._sent = len(body)
+
+    def send_http_error(self, err: HttpError) -> None:
+        headers = dict(err.headers)
+        if err.code:
+            headers["X-Error-Code"] = err.code
+        headers["X-Error-Message"] = err.message.encode("ascii", "backslashreplace").decode()
+        if self.path.startswith("/api/v1/"):
+            body = {"Code": err.status, "Message": err.message, "Success": False, "RequestId": ""}
+        else:
+            body = {"error": err.message}
+        self.send_json(err.status, body, headers)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_HEAD(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        try:
+            url = urlsplit(self.path)
+            self.query = parse_qs(url.query, keep_blank_values=True)
+            try:
+                parts = split_path(url.path)
+            except UnicodeDecodeError:
+                raise HttpError(400, "path is not valid UTF-8") from None
+            self.route(parts)
+        except HttpError as err:
+            self._drain_body()
+            self.send_http_error(err)
+        except StoreError as err:
+            self._drain_body()
+            self.send_http_error(HttpError(400, str(err), "BadRequest"))
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as err:  # a bug must not kill the connection thread silently
+            self.log_message("internal error: %s: %s", type(err).__name__, err)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.send_http_error(HttpError(500, "internal server error"))
+
+    def _drain_body(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length and not getattr(self, "_body_read", False):
+            self.rfile.read(min(length, 1 << 20))
+            self._body_read = True
+
+    def q(self, name: str, default: str = "") -> str:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+    def flag(self, name: str) -> bool:
+        return self.q(name).lower() in ("1", "true", "yes")
+
+    # ---- routing --------------------------------------------------------------------------------
+    def route(self, parts: list[str]) -> None:
+        method = self.command
+        if parts == ["health"]:
+            self.send_json(200, {"status": "ok", "version": __version__, "repos": len(self.config.store.repo_ids())})
+            return
+        if len(parts) >= 4 and parts[:2] == ["api", "models"]:
+            repo_id, rest = parts[2] + "/" + parts[3], parts[4:]
+            self.inject_api_failure()
+            if method == "POST" and len(rest) == 2 and rest[0] == "paths-info":
+                return self.paths_info(repo_id, rest[1])
+            if method in ("GET", "HEAD"):
+                if not rest:
+                    return self.model_info(repo_id, "main")
+                if len(rest) == 2 and rest[0] == "revision":
+                    return self.model_info(repo_id, rest[1])
+                if len(rest) >= 2 and rest[0] == "tree":
+                    return self.tree(repo_id, rest[1], "/".join(rest[2:]))
+                if rest == ["refs"]:
+                    return self.refs(repo_id)
+        if len(parts) >= 5 and parts[:3] == ["api", "v1", "models"] and method in ("GET", "HEAD"):
+            repo_id, rest = parts[3] + "/" + parts[4], parts[5:]
+            if rest == ["repo", "files"]:
+                self.inject_api_failure()
+                return self.ms_files(repo_id)
+            if rest == ["repo"]:
+                return self.ms_file(repo_id)
+            if rest == ["revisions"]:
+                self.inject_api_failure()
+                return self.ms_revisions(repo_id)
+            if not rest:
+                self.inject_api_failure()
+                return self.ms_model(repo_id)
+        if len(parts) >= 5 and parts[2] == "resolve" and method in ("GET", "HEAD"):
+            return self.resolve(parts[0] + "/" + parts[1], parts[3], "/".join(parts[4:]))
+        raise HttpError(404, "no such endpoint: %s %s" % (method, urlsplit(self.path).path))
+
+    # ---- lookups --------------------------------------------------------------------------------
+    def authorize(self, repo_id: str) -> None:
+        if self.config.is_protected(repo_id) and not self.config.token_ok(self.headers.get("Authorization")):
+            given = self.headers.get("Authorization")
+            message = "Invalid credentials in Authorization header" if given else "Authentication required"
+            raise HttpError(401, message, None, {"WWW-Authenticate": 'Bearer realm="autoglm-mirror"'})
+
+    def snapshot(self, repo_id: str, revision: str, ms: bool = False) -> Snapshot:
+        self.authorize(repo_id)
+        repo = self.config.store.repo(repo_id)
+        if not repo.exists():
+            raise HttpError(404, "Repository %s not found" % repo_id, "RepoNotFound")
+        commit = None
+        for rev in (MS_DEFAULT_REVISIONS if ms and not revision else (revision,)):
+            commit = repo.resolve(rev)
+            if commit:
+                break
+        snap = repo.snapshot(commit) if commit else None
+        if snap is None:
+            raise HttpError(404, "Revision %s not found in %s" % (revision or "master", repo_id), "RevisionNotFound")
+        return snap
+
+    def file_entry(self, snap: Snapshot, path: str) -> dict[str, Any]:
+        try:
+            check_repo_path(path)
+        except StoreError as err:
+            raise HttpError(400, str(err), "BadRequest") from None
+        entry = snap.files.get(path)
+        if entry is None:
+            raise HttpError(404, "Entry %s not found in %s@%s" % (path, snap.repo_id, snap.commit), "EntryNotFound")
+        return entry
+
+    # ---- Hugging Face ---------------------------------------------------------------------------
+    def hf_entry(self, snap: Snapshot, path: str, expand: bool) -> dict[str, Any]:
+        if path in snap.dirs:
+            out: dict[str, Any] = {"type": "directory", "oid": snap.dir_oid(path), "size": 0, "path": path}
+        else:
+            f = snap.files[path]
+            out = {"type": "file", "oid": snap.blob_id(f), "size": f["size"], "path": path}
+            if f["lfs"]:
+                out["lfs"] = {"oid": f["sha256"], "size": f["size"], "pointerSize": len(lfs_pointer(f["sha256"], f["size"]))}
+        if expand:
+            out["lastCommit"] = {"id": snap.commit, "title": "ingest", "date": snap.created}
+        return out
+
+    def model_info(self, repo_id: str, revision: str) -> None:
+        snap = self.snapshot(repo_id, revision)
+        blobs = self.flag("blobs")
+        siblings = []
+        for path in sorted(snap.files):
+            f = snap.files[path]
+            sib: dict[str, Any] = {"rfilename": path}
+            if blobs:
+                sib.update(size=f["size"], blobId=snap.blob_id(f))
+                if f["lfs"]:
+                    sib["lfs"] = {"sha256": f["sha256"], "size": f["size"],
+                                  "pointerSize": len(lfs_pointer(f["sha256"], f["size"]))}
+            siblings.append(sib)
+        self.send_json(200, {
+            "_id": snap.commit[:24], "id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0],
+            "sha": snap.commit, "lastModified": snap.created, "createdAt": snap.created,
+            "private": self.config.is_protected(repo_id), "disabled": False, "gated": False,
+            "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
+            "usedStorage": sum(f["size"] for f in snap.files.values()),
+        })
+
+    def tree(self, repo_id: str, revision: str, path: str) -> None:
+        snap = self.snapshot(repo_id, revision)
+        path = path.strip("/")
+        if path:
+            self.file_entry_or_dir(snap, path)
+        if path in snap.files:
+            raise HttpError(404, "%s is a file, not a directory" % path, "EntryNotFound")
+        recursive, expand = self.flag("recursive"), self.flag("expand")
+        entries = snap.walk(path, recursive)
+        try:
+            offset = int(base64.urlsafe_b64decode(self.q("cursor").encode()).decode() or 0) if self.q("cursor") else 0
+        except ValueError:
+            raise HttpError(400, "cursor is not valid", "BadRequest") from None
+        limit = self.config.page_size
+        try:
+            limit = max(1, min(limit, int(self.q("limit") or limit)))
+        except ValueError:
+            raise HttpError(400, "limit is not a number", "BadRequest") from None
+        page = [self.hf_entry(snap, p, expand) for p in entries[offset: offset + limit]]
+        headers = {}
+        if offset + limit < len(entries):
+            cursor = base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
+            query = dict((k, v[0]) for k, v in self.query.items())
+            query["cursor"] = cursor
+            qs = "&".join("%s=%s" % (quote(k, safe=""), quote(v, safe="")) for k, v in sorted(query.items()))
+            scheme = self.headers.get("X-Forwarded-Proto", "http")
+            host = self.headers.get("Host") or "%s:%d" % self.server.server_address[:2]
+            headers["Link"] = '<%s://%s%s?%s>; rel="next"' % (scheme, host, urlsplit(self.path).path, qs)
+        self.send_json(200, page, headers)
+
+    def file_entry_or_dir(self, snap: Snapshot, path: str) -> None:
+        try:
+            check_repo_path(path)
+        except StoreError as err:
+            raise HttpError(400, str(err), "BadRequest") from None
+        if path not in snap.files and path not in snap.dirs:
+            raise HttpError(404, "Entry %s not found in %s@%s" % (path, snap.repo_id, snap.commit), "EntryNotFound")
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > 4 << 20:
+            raise HttpError(413, "request body too large")
+        self._body_read = True
+        return self.rfile.read(length) if length else b""
+
+    def paths_info(self, repo_id: str, revision: str) -> None:
+        body = self.read_body()
+        if (self.headers.get("Content-Type") or "").startswith("application/json"):
+            try:
+                data = json.loads(body or b"{}")
+            except ValueError:
+                raise HttpError(400, "body is not JSON", "BadRequest") from None
+            paths, expand = data.get("paths", []), bool(data.get("expand"))
+            if isinstance(paths, str):
+                paths = [paths]
+        else:
+            form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+            paths, expand = form.get("paths", []), (form.get("expand", ["false"])[0].lower() in ("1", "true"))
+        snap = self.snapshot(repo_id, revision)
+        out = []
+        for path in paths:
+            path = str(path).strip("/")
+            if path in snap.files or (path and path in snap.dirs):
+                out.append(self.hf_entry(snap, path, expand))
+        self.send_json(200, out)
+
+    def refs(self, repo_id: str) -> None:
+        self.authorize(repo_id)
+        repo = self.config.store.repo(repo_id)
+        if not repo.exists():
+            raise HttpError(404, "Repository %s not found" % repo_id, "RepoNotFound")
+        refs = repo.refs()
+        self.send_json(200, {
+            "branches": [{"name": n, "ref": "refs/heads/" + n, "targetCommit": c} for n, c in sorted(refs["branches"].items())],
+            "tags": [{"name": n, "ref": "refs/tags/" + n, "targetCommit": c} for n, c in sorted(refs["tags"].items())],
+            "converts": [],
+        })
+
+    def resolve(self, repo_id: str, revision: str, path: str) -> None:
+        snap = self.snapshot(repo_id, revision)
+        self.send_file(snap, path)
+
+    # ---- ModelScope -----------------------------------------------------------------------------
+    def ms_files(self, repo_id: str) -> None:
+        snap = self.snapshot(repo_id, self.q("Revision"), ms=True)
+        root = self.q("Root").strip("/")
+        if root:
+            self.file_entry_or_dir(snap, root)
+            if root in snap.files:
+                raise HttpError(404, "%s is a file, not a directory" % root, "EntryNotFound")
+        recursive = self.q("Recursive").lower() in ("1", "true")
+        files = []
+        for path in snap.walk(root, recursive):
+            name = path.rsplit("/", 1)[-1]
+            if path in snap.dirs:
+                files.append({"Name": name, "Path": path, "Type": "tree", "Size": 0, "Sha256": "", "IsLFS": False,
+                              "Mode": "040000", "Id": snap.dir_oid(path), "Revision": snap.commit, "CommitId": snap.commit})
+            else:
+                f = snap.files[path]
+                files.append({"Name": name, "Path": path, "Type": "blob", "Size": f["size"], "Sha256": f["sha256"],
+                              "IsLFS": f["lfs"], "Mode": "100644", "Id": snap.blob_id(f), "Revision": snap.commit,
+                              "CommitId": snap.commit, "CommittedDate": 0, "CommitMessage": "ingest"})
+        self.send_json(200, {"Code": 200, "Data": {"Files": files, "LatestCommitter": None}, "Message": "success",
+                             "Success": True, "RequestId": ""})
+
+    def ms_file(self, repo_id: str) -> None:
+        path = self.q("FilePath")
+        if not path:
+            raise HttpError(400, "FilePath is required", "BadRequest")
+        snap = self.snapshot(repo_id, self.q("Revision"), ms=True)
+        self.send_file(snap, path)
+
+    def ms_revisions(self, repo_id: str) -> None:
+        self.authorize(repo_id)
+        repo = self.config.store.repo(repo_id)
+        if not repo.exists():
+            raise HttpError(404, "Repository %s not found" % repo_id, "RepoNotFound")
+        refs = repo.refs()
+        def items(kind: str) -> list[dict[str, Any]]:
+            return [{"Revision": n, "CommitId": c, "CreatedAt": 0, "Message": ""} for n, c in sorted(refs[kind].items())]
+        self.send_json(200, {"Code": 200, "Data": {"RevisionMap": {"Branches": items("branches"), "Tags": items("tags")}},
+                             "Message": "success", "Success": True, "RequestId": ""})
+
+    def ms_model(self, repo_id: str) -> None:
+        snap = self.snapshot(repo_id, "", ms=True)
+        org, name = repo_id.split("/")
+        self.send_json(200, {"Code": 200, "Data": {"Path": org, "Name": name, "ModelId": repo_id, "Revision": snap.commit,
+                                                    "Id": snap.commit[:12]}, "Message": "success", "Success": True})
+
+    # ---- faults ---------------------------------------------------------------------------------
+    def inject_api_failure(self) -> None:
+        faults = self.config.faults
+        if faults.fail_first and faults.should_fail(False, ""):
+            self.raise_injected()
+
+    def raise_injected(self) -> None:
+        status = self.config.faults.fail_status
+        headers = {"Retry-After": self.config.faults.retry_after} if status in (429, 503) else {}
+        raise HttpError(status, "injected failure (fault control --fail-first)", None, headers)
+
+    # ---- file bodies ----------------------------------------------------------------------------
+    def send_file(self, snap: Snapshot, path: str) -> None:
+        faults = self.config.faults
+        entry = self.file_entry(snap, path)
+        if faults.active:
+            if faults.should_fail(True, path):
+                self.raise_injected()
+            if faults.first_byte_delay and faults.matches(path):
+                time.sleep(faults.first_byte_delay)
+        try:
+            fd, st = snap.open_file(path)
+        except (PermissionError, FileNotFoundError, OSError) as err:
+            self.log_message("refused %s in %s@%s: %s", path, snap.repo_id, snap.commit, err)
+            raise HttpError(404, "Entry %s not found in %s@%s" % (path, snap.repo_id, snap.commit), "EntryNotFound") from None
+        try:
+            size = st.st_size
+            etag = '"%s"' % snap.etag(entry)
+            headers: dict[str, Any] = {
+                "Content-Type": "application/octet-stream",
+                "Accept-Ranges": "bytes",
+                "ETag": etag,
+                "X-Linked-Etag": etag,
+                "X-Linked-Size": entry["size"],
+                "X-Repo-Commit": snap.commit,
+            }
+            wanted = None if faults.ignore_range and faults.matches(path) else parse_range(self.headers.get("Range"), size)
+            if wanted == "unsatisfiable":
+                self._send_headers(416, {**headers, "Content-Range": "bytes */%d" % size, "Content-Length": 0})
+                return
+            if wanted is None:
+                status, start, end = 200, 0, size - 1
+            else:
+                status, (start, end) = 206, wanted
+                headers["Content-Range"] = "bytes %d-%d/%d" % (start, end, size)
+            length = end - start + 1 if size else 0
+            headers["Content-Length"] = length
+            self._send_headers(status, headers)
+            if self.command == "HEAD" or length == 0:
+                return
+            self.send_body(fd, start, length, path)
+        finally:
+            os.close(fd)
+
+    def send_body(self, fd: int, offset: int, length: int, path: str) -> None:
+        faults = self.config.faults
+        drop = faults.drop_limit(path) if faults.active else -1
+        corrupt = faults.corrupt(path) if faults.active else False
+        rate = faults.rate_limit if faults.active and faults.matches(path) else 0
+        to_send = length if drop < 0 else min(length, drop)
+        sock = self.connection
+        # sendfile needs a blocking socket; SO_SNDTIMEO still bounds a stalled client.
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", int(self.config.send_timeout), 0))
+        try:
+            if corrupt:
+                first = bytearray(os.pread(fd, 1, offset))
+                first[0] ^= 0xFF
+                sock.sendall(first)
+                self._sent += 1
+                offset, to_send, length = offset + 1, to_send - 1, length - 1
+            self._sendfile(sock, fd, offset, to_send, rate)
+        finally:
+            sock.settimeout(self.timeout)
+        if to_send < length:
+            self.log_message("dropping connection after %d body bytes (fault control --drop-after)", self._sent)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _sendfile(self, sock: socket.socket, fd: int, offset: int, count: int, rate: int) -> None:
+        out = sock.fileno()
+        chunk = SEND_CHUNK if not rate else max(1024, rate // 20)
+        started = time.monotonic()
+        sent_here = 0
+        while count > 0:
+            try:
+                n = os.sendfile(out, fd, offset, min(chunk, count))
+            except BlockingIOError:
+                raise ConnectionResetError("send timed out") from None
+            if n == 0:
+                raise ConnectionResetError("file shrank while being sent")
+            offset += n
+            count -= n
+            sent_here += n
+            self._sent += n
+            if rate:
+                ahead = sent_here / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+
+
+class MirrorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+def make_server(config: Config, bind: str, port: int) -> MirrorServer:
+    handler = type("BoundHandler", (Handler,), {"config": config})
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    server_class = type("BoundServer", (MirrorServer,), {"address_family": family})
+    return server_class((bind, port), handler)
