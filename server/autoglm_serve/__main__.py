@@ -1,0 +1,84 @@
+"""Command line of the built-in server: ``python -m autoglm_serve --model DIR [--port 8000] ...``.
+
+The API key is read from the environment (AUTOGLM_SERVE_API_KEY, set through the unit's EnvironmentFile),
+never from argv, which any local user can read in /proc.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import __version__
+from .api import Server
+from .engine import Engine
+
+LOG = logging.getLogger("autoglm_serve")
+API_KEY_ENV = "AUTOGLM_SERVE_API_KEY"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="autoglm_serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="local directory with config.json, weights and tokenizer (never a hub id)")
+    parser.add_argument("--served-model-name", help="name clients send as 'model' (default: the directory's name)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="weights dtype; auto is bfloat16 on GPUs, float32 on CPUs")
+    parser.add_argument("--max-model-len", type=int, help="context length (default: the model's max_position_embeddings)")
+    parser.add_argument("--max-queue", type=int, default=64, help="chat completions that may wait; more get 429")
+    parser.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request gives none")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # The weights are local and verified: no hub lookups, no progress bars in the journal.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    model = Path(args.model)
+    if not (model / "config.json").is_file():
+        LOG.error("%s has no config.json: --model must be a local model directory (the weights role puts one at "
+                  "<root>/<name>/current)", model)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    engine = Engine(str(model), device=args.device, dtype=args.dtype, max_queue=args.max_queue, max_model_len=args.max_model_len)
+    server = Server((args.host, args.port), engine, args.served_model_name or model.resolve().name,
+                    api_key=os.environ.get(API_KEY_ENV) or None, default_max_tokens=args.default_max_tokens)
+    # Serve /health (503) while the model loads, so probes can tell "loading" from "down".
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    LOG.info("listening on %s:%d (model %s, API key %s)", args.host, args.port, server.served_model_name,
+             "required" if server.api_key else "not required")
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        engine.load()
+    except Exception as exc:
+        LOG.error("could not load the model from %s: %s: %s", model, type(exc).__name__, exc)
+        server.shutdown()
+        return 1
+    stop.wait()
+    LOG.info("stopping")
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

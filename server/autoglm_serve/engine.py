@@ -1,0 +1,253 @@
+"""Model loading and generation for the built-in server: one worker thread, a bounded FIFO queue.
+
+Why one worker: a transformers model is not safe to call from several threads at once (shared KV-cache
+objects, global RNG for sampling), and on the CPUs and small GPUs this server is for, batching gains
+little next to vLLM. Requests queue; each runs alone, so none can corrupt another's output.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+LOG = logging.getLogger("autoglm_serve")
+
+
+class QueueFull(Exception):
+    """The generation queue holds --max-queue requests already."""
+
+
+@dataclass
+class Sampling:
+    """What one request asks of generation (already validated)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Result:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    sampling: Sampling
+    stream: bool
+    # ("delta", str) while streaming, then ("done", Result) or ("error", str).
+    events: queue.Queue[tuple[str, Any]] = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+
+
+class TextTracker:
+    """Turns generated token ids into text deltas; finds stop sequences; holds back text a stop could still claim.
+
+    Incremental decoding keeps a small window of ids (prefix/read offsets) so each step costs O(1) decodes
+    and multi-token characters are only emitted once complete (no U+FFFD halves).
+    """
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str], eos_ids: Sequence[int]) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.eos_ids = set(eos_ids)
+        self.ids: list[int] = []
+        self.text = ""
+        self.emitted = 0
+        self.finish_reason: str | None = None
+        self.hit_stop = False
+        self._prefix = 0
+        self._read = 0
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def add(self, token_id: int) -> None:
+        if self.finish_reason is not None:
+            return
+        self.ids.append(token_id)
+        if token_id in self.eos_ids:
+            self.finish_reason = "stop"
+            return
+        before = self._decode(self.ids[self._prefix:self._read])
+        after = self._decode(self.ids[self._prefix:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            start = max(0, len(self.text) - self.hold)
+            self.text += after[len(before):]
+            self._prefix, self._read = self._read, len(self.ids)
+            self._cut_at_stop(start)
+
+    def _cut_at_stop(self, start: int) -> None:
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[:min(hits)]
+            self.finish_reason = "stop"
+            self.hit_stop = True
+
+    def finish(self) -> None:
+        """Settle the final text: unless a stop sequence already cut it, the whole decode (bytes still held), cut at a stop."""
+        if not self.hit_stop:
+            self.text = self._decode(self.ids)
+            self._cut_at_stop(0)
+        if self.finish_reason is None:
+            self.finish_reason = "length"
+
+    def pending_delta(self, final: bool = False) -> str:
+        """Text not yet streamed that no stop sequence can still swallow."""
+        limit = len(self.text) if final or self.finish_reason is not None else max(self.emitted, len(self.text) - self.hold)
+        delta = self.text[self.emitted:limit]
+        self.emitted = max(self.emitted, limit)
+        return delta
+
+
+class Engine:
+    """Loads the model in the background (health says 503 until it is ready) and runs the generation worker."""
+
+    def __init__(self, model_path: str, device: str = "auto", dtype: str = "auto", max_queue: int = 64,
+                 max_model_len: int | None = None) -> None:
+        self.model_path = model_path
+        self.device_name = device
+        self.dtype_name = dtype
+        self.max_model_len = max_model_len
+        self.load_seconds: float | None = None
+        self.load_error: str | None = None
+        self.ready = threading.Event()
+        self.tokenizer: Any = None
+        self.model: Any = None
+        self.device: Any = None
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
+        self.busy = False
+
+    # Loading -------------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Import torch/transformers and load weights and tokenizer from the local directory only."""
+        started = time.monotonic()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.device_name == "auto":
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(self.device_name)
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if self.dtype_name == "auto":
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            dtype = dtypes[self.dtype_name]
+        # local_files_only: the weights were fetched and verified by the deployment; never reach a hub here.
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("the tokenizer in %s has no chat template (tokenizer_config.json chat_template or "
+                             "chat_template.jinja); the chat endpoint needs one" % self.model_path)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, local_files_only=True, dtype=dtype)
+        self.model = model.to(self.device).eval()
+        config_len = getattr(self.model.config, "max_position_embeddings", None)
+        if self.max_model_len is None:
+            self.max_model_len = int(config_len or 4096)
+        self.load_seconds = time.monotonic() - started
+        threading.Thread(target=self._worker, name="generation", daemon=True).start()
+        self.ready.set()
+        LOG.info("model %s loaded on %s (%s) in %.1f s", self.model_path, self.device, dtype, self.load_seconds)
+
+    # Requests ------------------------------------------------------------------------------------
+    def render_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # The template already carries any BOS it wants.
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def submit(self, job: Job) -> None:
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full as exc:
+            raise QueueFull() from exc
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        if ids is None:
+            return []
+        return list(ids) if isinstance(ids, (list, tuple)) else [int(ids)]
+
+    # Generation ----------------------------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job.cancelled.is_set():
+                continue
+            self.busy = True
+            job.started_at = time.monotonic()
+            try:
+                job.events.put(("done", self.generate(job)))
+            except Exception as exc:  # one bad request must not kill the worker
+                LOG.exception("generation failed")
+                job.events.put(("error", "%s: %s" % (type(exc).__name__, exc)))
+            finally:
+                self.busy = False
+
+    def generate(self, job: Job) -> Result:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tracker = TextTracker(self.tokenizer, job.sampling.stop, self.eos_ids())
+
+        class Tap(StoppingCriteria):
+            """Sees each new token before the next step: decodes, streams, and stops on a stop sequence or cancel."""
+
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                tracker.add(int(input_ids[0, -1]))
+                if job.stream:
+                    delta = tracker.pending_delta()
+                    if delta:
+                        job.events.put(("delta", delta))
+                done = tracker.finish_reason is not None or job.cancelled.is_set()
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+        sampling = job.sampling
+        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "stopping_criteria": StoppingCriteriaList([Tap()]),
+                                  "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                                  else (self.eos_ids() or [0])[0]}
+        if sampling.temperature <= 0:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+        input_ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        tracker.finish()
+        if job.stream:
+            tail = tracker.pending_delta(final=True)
+            if tail:
+                job.events.put(("delta", tail))
+        return Result(text=tracker.text, finish_reason=tracker.finish_reason or "length",
+                      prompt_tokens=len(job.prompt_ids), completion_tokens=len(tracker.ids))
+
+    def gpu_memory(self) -> list[tuple[str, dict[str, str], float]]:
+        """Allocated/reserved bytes per CUDA device, for /metrics; nothing on a CPU node."""
+        if self.device is None or self.device.type != "cuda":
+            return []
+        import torch
+
+        samples = []
+        for index in range(torch.cuda.device_count()):
+            gpu = {"gpu": str(index)}
+            samples.append(("autoglm_serve_gpu_memory_allocated_bytes", gpu, float(torch.cuda.memory_allocated(index))))
+            samples.append(("autoglm_serve_gpu_memory_reserved_bytes", gpu, float(torch.cuda.memory_reserved(index))))
+        return samples
