@@ -32,27 +32,24 @@ def model(tmp_path, keys):
 
 
 def play(tmp_path: Path, args: dict, check: bool = False) -> dict:
-    """Run one model_verify task; return its result (from a registered variable written as JSON)."""
-    out = tmp_path / "result.json"
+    """Run one model_verify task on localhost; return its result as the json callback reports it."""
     playbook = tmp_path / "play.yml"
-    playbook.write_text(json.dumps([{
-        "hosts": "localhost", "gather_facts": False,
-        "tasks": [
-            {"name": "Verify the model", "autoglm.deploy.model_verify": args, "register": "verify_result",
-             "ignore_errors": True},
-            {"name": "Save the result", "ansible.builtin.copy": {"content": "{{ verify_result | to_json }}",
-                                                               "dest": str(out)},
-             "check_mode": False},
-        ]}]))
+    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
+                                     "tasks": [{"name": "Verify the model", "autoglm.deploy.model_verify": args}]}]))
     command = ["ansible-playbook", "-i", "localhost,", "-c", "local",
                "-e", "ansible_python_interpreter=" + sys.executable, str(playbook)]
     if check:
         command.append("--check")
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               AUTOGLM_AUDIT_LOG=str(tmp_path / "audit.jsonl"), ANSIBLE_CACHE_PLUGIN="memory")
+               ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", AUTOGLM_AUDIT_LOG=str(tmp_path / "audit.jsonl"))
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert out.exists(), proc.stdout + proc.stderr
-    return json.loads(out.read_text())
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError as exc:
+        raise AssertionError("no JSON report (rc=%d): %s %s" % (proc.returncode, proc.stdout, proc.stderr)) from exc
+    result = report["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    assert bool(result.get("failed")) == (proc.returncode != 0)
+    return result
 
 
 def test_good_signature_passes(tmp_path, model, keys):
