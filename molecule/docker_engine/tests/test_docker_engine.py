@@ -60,9 +60,22 @@ def test_rerun_without_changes_does_not_restart_docker(host):
     assert t0 > 0 and t1 == t0
 
 
-def test_prefetch_leaves_a_present_image_alone(host):
+def test_prefetch_pulled_the_missing_image_through_the_cache(host):
     on(host, "node1")
-    assert host.run("docker image inspect node2:5000/autoglm/tiny:1").rc == 0
+    pushed = host.file(RECORD + "/pushed-id").content_string.strip()
+    pulled = host.check_output("docker image inspect --format '{{.Id}}' node2:5000/library/tiny:1")
+    assert pushed.startswith("sha256:") and pulled == pushed
+
+
+def test_prefetch_left_the_present_image_alone(host):
+    on(host, "node1")
+    # It exists in no registry: had prefetch tried to pull it, the side effect would have failed.
+    assert host.run("docker image inspect node2:5000/autoglm/local-only:1").rc == 0
+
+
+def test_the_cache_stored_what_it_served(host):
+    on(host, "node2")
+    assert host.file("/var/lib/docker-registry/docker/registry/v2/repositories/library/tiny").is_directory
 
 
 def test_broken_daemon_json_fails_clearly_and_is_not_written(host):
@@ -99,7 +112,7 @@ def test_registry_cache_proxies_the_upstream_on_node2(host):
     assert host.service("docker-registry").is_running and host.service("docker-registry").is_enabled
     assert host.socket("tcp://0.0.0.0:5000").is_listening or host.socket("tcp://:::5000").is_listening
     config = host.file("/etc/docker/registry/config.yml").content_string
-    assert "remoteurl: \"http://127.0.0.1:5001\"" in config
+    assert 'remoteurl: "http://127.0.0.1:5001"' in config
     assert not host.package("docker.io").is_installed
 
 
