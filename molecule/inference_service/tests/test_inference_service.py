@@ -1,0 +1,143 @@
+"""State after the inference_service scenario: the built-in server runs sandboxed under its own user and answers;
+node1 also holds vLLM and SGLang units rendered against a recorded 8-GPU H100."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pytest
+
+UNIT = "autoglm-inference"
+KEY = "lab-key-not-secret"
+BASE = "http://127.0.0.1:8000"
+
+
+def curl(host, *args):
+    out = host.check_output("curl -s -m 120 %s", " ".join(shlex.quote(a) for a in args))
+    return out
+
+
+def exec_start(host, unit):
+    """The argv systemd will run, as systemd parsed it (systemctl show ExecStart: argv[]=...)."""
+    shown = host.check_output("systemctl show -p ExecStart --value %s", unit)
+    argv = re.search(r"argv\[\]=(.*?) ;", shown).group(1)
+    return shlex.split(argv)
+
+
+def test_service_runs_under_its_own_user(host):
+    service = host.service(UNIT)
+    assert service.is_running and service.is_enabled
+    pid = host.check_output("systemctl show -P MainPID %s", UNIT)
+    assert host.check_output("ps -o user= -p %s", pid) == "autoglm-inference"
+    user = host.user("autoglm-inference")
+    assert user.shell == "/usr/sbin/nologin" and user.uid < 1000
+
+
+def test_secrets_file_is_root_only_and_key_not_in_argv(host):
+    env = host.file("/etc/autoglm-inference/%s.env" % UNIT)
+    assert env.user == "root" and env.mode == 0o600
+    assert "AUTOGLM_SERVE_API_KEY=%s" % KEY in env.content_string
+    pid = host.check_output("systemctl show -P MainPID %s", UNIT)
+    assert KEY not in host.file("/proc/%s/cmdline" % pid).content_string
+    assert KEY not in host.check_output("journalctl -u %s --no-pager", UNIT)
+
+
+def test_health_is_200(host):
+    assert curl(host, "-o", "/dev/null", "-w", "%{http_code}", BASE + "/health") == "200"
+
+
+def test_chat_completion_returns_text_and_metrics_count_it(host):
+    def ok_count():
+        text = curl(host, BASE + "/metrics")
+        found = re.search(r'^autoglm_serve_requests_total\{endpoint="/v1/chat/completions",status="200"\} (\d+)$', text, re.M)
+        return int(found.group(1)) if found else 0
+
+    before = ok_count()
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "Open the settings app."}],
+                       "max_tokens": 8, "temperature": 0})
+    answer = json.loads(curl(host, "-H", "Authorization: Bearer " + KEY, "-H", "Content-Type: application/json",
+                             "-d", body, BASE + "/v1/chat/completions"))
+    assert isinstance(answer["choices"][0]["message"]["content"], str)
+    assert answer["usage"]["completion_tokens"] >= 1
+    assert ok_count() == before + 1
+    refused = json.loads(curl(host, "-d", body, BASE + "/v1/chat/completions"))
+    assert refused["error"]["code"] == "invalid_api_key"
+
+
+def test_unit_is_sandboxed(host):
+    props = dict(line.split("=", 1) for line in host.check_output(
+        "systemctl show -p NoNewPrivileges -p ProtectSystem -p ProtectHome -p PrivateTmp -p PrivateDevices "
+        "-p RestrictAddressFamilies -p LimitNOFILE -p Restart -p TimeoutStartUSec -p CapabilityBoundingSet %s", UNIT).splitlines())
+    assert props["NoNewPrivileges"] == "yes" and props["ProtectSystem"] == "strict" and props["ProtectHome"] == "yes"
+    assert props["PrivateTmp"] == "yes" and props["PrivateDevices"] == "yes"
+    assert props["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6"
+    assert props["LimitNOFILE"] == "65536" and props["Restart"] == "on-failure" and props["TimeoutStartUSec"] == "30min"
+    assert props["CapabilityBoundingSet"] == ""
+    # The service cannot write outside its state folder.
+    pid = host.check_output("systemctl show -P MainPID %s", UNIT)
+    root_options = host.check_output("awk '$5 == \"/\" {print $6}' /proc/%s/mountinfo", pid).split()
+    assert root_options and all(opts.startswith("ro") for opts in root_options)
+
+
+def test_security_exposure_of_the_builtin_unit_is_low(host):
+    out = host.check_output("systemd-analyze security --no-pager %s", UNIT)
+    score = float(re.search(r"Overall exposure level for %s\.service: ([\d.]+)" % UNIT, out).group(1))
+    print("systemd-analyze security exposure: %.1f" % score)
+    assert score <= 4.0
+
+
+def test_prometheus_file_sd_lists_every_node(host):
+    if host.backend.get_hostname() != "node1":
+        pytest.skip("written on node1 only")
+    groups = json.loads(host.file("/etc/prometheus/file_sd/autoglm-inference.json").content_string)
+    assert sorted(g["labels"]["instance"] for g in groups) == ["node1", "node2", "node3"]
+    assert all(g["targets"][0].endswith(":8000") and g["labels"]["backend"] == "transformers" for g in groups)
+
+
+UPSTREAM_VLLM = ("-m vllm.entrypoints.openai.api_server --served-model-name autoglm-phone-9b --allowed-local-media-path / "
+                 "--mm-encoder-tp-mode data --mm_processor_cache_type shm --mm_processor_kwargs {\"max_pixels\":5000000} "
+                 "--max-model-len 25480 --chat-template-content-format string --limit-mm-per-prompt {\"image\":10} "
+                 "--model /srv/models/tiny/current --port 8000")
+UPSTREAM_SGLANG = ("-m sglang.launch_server --model-path /srv/models/tiny/current --served-model-name autoglm-phone-9b "
+                   "--context-length 25480 --mm-enable-dp-encoder --mm-process-config {\"image\":{\"max_pixels\":5000000}} "
+                   "--port 8000")
+
+
+def flags(argv):
+    """argv after the interpreter as {flag: value or True}."""
+    out, i = {}, 0
+    while i < len(argv):
+        if argv[i].startswith("-") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out[argv[i]] = argv[i + 1]
+            i += 2
+        else:
+            out[argv[i]] = True
+            i += 1
+    return out
+
+
+@pytest.mark.parametrize(("unit", "upstream", "tp_flag", "tp"), [
+    ("autoglm-vllm", UPSTREAM_VLLM, "--tensor-parallel-size", "8"),   # from the recorded 8-GPU gpu_facts
+    ("autoglm-sglang", UPSTREAM_SGLANG, "--tp-size", "2"),            # set explicitly
+])
+def test_gpu_engine_units_carry_upstreams_flags(host, unit, upstream, tp_flag, tp):
+    if host.backend.get_hostname() != "node1":
+        pytest.skip("rendered on node1 only")
+    argv = exec_start(host, unit)
+    upstream = upstream.split(" ")
+    assert argv[0] == "/opt/autoglm/venvs/autoglm/current/bin/python"
+    got = flags(argv[1:])
+    assert flags(upstream) == {k: got.get(k) for k in flags(upstream)}
+    assert got[tp_flag] == tp and got["--host"] == "0.0.0.0"
+    # Installed, not started: there is no GPU or engine here.
+    assert not host.service(unit).is_running and not host.service(unit).is_enabled
+    unit_text = host.file("/etc/systemd/system/%s.service" % unit).content_string
+    assert "DeviceAllow=char-nvidia-frontend rw" in unit_text and "PrivateDevices=no" in unit_text
+    assert "DevicePolicy=closed" in unit_text
+
+
+def test_builtin_unit_gets_no_gpu_devices(host):
+    unit_text = host.file("/etc/systemd/system/%s.service" % UNIT).content_string
+    assert "DeviceAllow=char-nvidia" not in unit_text
+    assert "# Version stamp (venv, model): venv=wheelhouse-torch-2.13.0 model=tiny-seed0" in unit_text
