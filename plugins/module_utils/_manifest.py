@@ -7,7 +7,8 @@ Location: <model_dir>/.autoglm/manifest.json. `.autoglm/` holds this collection'
     {"format": 1, "source": "huggingface" | "modelscope" | "url", "repo_id": "org/name",
      "revision": "<as asked>", "commit": "<resolved commit id>", "fetched_at": "<ISO-8601 UTC>",
      "files": [{"path": "relative/posix/path", "size": 123, "sha256": "<hex>" | null,
-                "git_sha1": "<hex>" | null, "endpoint": "<base URL that served it>"}]}
+                "git_sha1": "<hex>" | null, "endpoint": "<base URL that served it>",
+                "fetched_at": "<ISO-8601 UTC>"  (optional: when this file was downloaded)}]}
 
 `files` is sorted by path; each file has at least one of sha256 / git_sha1; an endpoint never
 carries credentials. validate() says which field is wrong; write() is atomic (temp file in the
@@ -31,6 +32,7 @@ SOURCES = ("huggingface", "modelscope", "url")
 _HEX_DIGITS = {"sha256": 64, "git_sha1": 40}
 _TOP_KEYS = ("format", "source", "repo_id", "revision", "commit", "fetched_at", "files")
 _FILE_KEYS = ("path", "size", "sha256", "git_sha1", "endpoint")
+_OPTIONAL_FILE_KEYS = ("fetched_at",)
 
 
 class ManifestError(ValueError):
@@ -112,7 +114,13 @@ def validate_file(entry, where: str = "files[]") -> dict:
     if entry["sha256"] is None and entry["git_sha1"] is None:
         raise ManifestError("%s has neither sha256 nor git_sha1: nothing to verify it with" % where)
     _check_endpoint(entry["endpoint"], where + ".endpoint")
-    return {key: entry[key] for key in _FILE_KEYS}
+    out = {key: entry[key] for key in _FILE_KEYS}
+    for key in _OPTIONAL_FILE_KEYS:
+        if entry.get(key) is not None:
+            if not isinstance(entry[key], str) or not entry[key]:
+                raise ManifestError("%s.%s must be a non-empty string, got %r" % (where, key, entry[key]))
+            out[key] = entry[key]
+    return out
 
 
 def validate(data) -> dict:
