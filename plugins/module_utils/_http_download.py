@@ -451,6 +451,7 @@ class FrontierHasher:
         """Note that `data` now lies at `offset` in the file (call after the write succeeded)."""
         if self._hash_lock.acquire(blocking=False):
             try:
+                self._drain_locked()  # bring the frontier up to this piece if earlier ones are waiting
                 with self._meta:
                     inline = offset == self.frontier
                     if not inline:

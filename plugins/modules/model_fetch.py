@@ -381,6 +381,8 @@ class Fetcher:
         if self.source == "url":
             return self.url_listing()
         rev = self.params["commit"] or self.revision
+        if self.source == "modelscope" and not self.params["revision"] and not self.params["commit"]:
+            rev = ""  # the hub's default branch (master on ModelScope)
         errors = []
         for endpoint in self.endpoints:
             try:
@@ -392,7 +394,7 @@ class Fetcher:
                 errors.append((endpoint, exc))
                 if exc.kind == "disk":
                     break
-        raise self.listing_error(errors, rev)
+        raise self.listing_error(errors, rev or self.revision)
 
     def listing_error(self, errors: list, rev: str) -> FetchError:
         lines = []
@@ -655,7 +657,7 @@ class Fetcher:
                 else:
                     got = fetched[path]
                     entries.append({"path": path, "size": got["size"], "sha256": got["sha256"],
-                                    "git_sha1": info.get("git_sha1") or (got.get("git_sha1") if self.source != "url" else None),
+                                    "git_sha1": info.get("git_sha1"),
                                     "endpoint": got["endpoint"], "fetched_at": now})
             if p["prune"]:
                 for path in removed:
