@@ -11,9 +11,9 @@ description:
   - Reads the version of the loaded C(nvidia) kernel module from O(loaded_version_file)
     (C(/proc/driver/nvidia/version)), or from C(/sys/module/nvidia/version) under O(sysfs_root),
     and the version of the installed driver package from the package database (C(dpkg-query) or C(rpm)).
-  - Says whether the host must reboot before the installed driver can run, and why: a loaded
+  - Says whether the host must reboot before the installed driver can run, and why (a loaded
     module of another version (what nvidia-smi reports as "Driver/library version mismatch"),
-    cards still bound to nouveau, or an installed module that is not loaded.
+    cards still bound to nouveau, or an installed module that is not loaded).
   - Only reads; never loads modules or reboots.
 options:
   package:

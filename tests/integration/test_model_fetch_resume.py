@@ -81,7 +81,7 @@ def test_sigkill_midway_then_resume_fetches_at_most_one_chunk_per_connection_aga
 
     fast = mirror_factory(data=big_data)
     proc = start_module(module_args(dest, fast.url), tmp_path)
-    out, err = proc.communicate(timeout=120)
+    out, _err = proc.communicate(timeout=120)
     result = json.loads(out)
     assert proc.returncode == 0, result.get("msg")
     assert result["bytes_resumed"] >= done_at_kill

@@ -41,7 +41,8 @@ def test_audit_lines_are_json_without_secrets(tmp_path):
     audit = tmp_path / "audit" / "log.jsonl"
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), AUTOGLM_AUDIT_LOG=str(audit),
                ANSIBLE_CALLBACKS_ENABLED="autoglm.deploy.audit_log", ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=" + sys.executable, str(playbook)],
+    argv = ["ansible-playbook", "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=" + sys.executable, str(playbook)]
+    proc = subprocess.run(argv,
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = audit.read_text()
