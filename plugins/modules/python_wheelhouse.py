@@ -9,9 +9,9 @@ short_description: Download the wheels for a requirements set once, into a reusa
 version_added: "0.1.0"
 description:
   - Runs C(pip download) for O(requirements) into C(<path>/<hash12>), where the hash covers the requirements,
-    constraints, sources and the target Python/platform. A set that is already complete is reused: no pip runs.
+    constraints, sources and the target Python/platform. A set that is already complete is reused (no pip runs).
   - Meant to run on the controller (C(delegate_to localhost), C(run_once)); the set is then copied to nodes
-    that install from it with C(--no-index) (M(autoglm.deploy.python_venv) O(autoglm.deploy.python_venv#module:no_index)).
+    that install from it with C(--no-index) (see M(autoglm.deploy.python_venv), option O(autoglm.deploy.python_venv#module:no_index)).
   - Without O(python_version) and O(platforms) the wheels fit the interpreter that runs pip here; with them,
     pip fetches binary wheels for that Python and those platforms (C(--only-binary=:all:)).
   - The set is downloaded into a temporary directory and renamed into place when pip succeeded, so a failed
