@@ -11,7 +11,10 @@ description:
   - Keeps one venv per set of inputs under O(path), named by the first 12 hex digits of a sha256 over the
     Python version, the requirements, the constraints and the package sources, with a C(current) symlink
     pointing at the active one.
-  - When C(current) already points at a venv whose marker holds the same hash, nothing runs (no pip at all).
+  - When C(current) already points at a venv whose marker holds the same hash, nothing runs (no pip at all), unless
+    a distribution the marker recorded is gone or has another version on disk (someone ran C(pip uninstall) or
+    C(pip install) in it); then only those exact versions are reinstalled in place, with C(--no-deps) from the
+    same sources, and returned as RV(repaired).
   - Otherwise a NEW venv is built beside the old ones, installed with pip, checked with C(pip check) and an
     import smoke test (which also reports whether torch sees CUDA), and only then C(current) is switched
     (a symlink to a temporary name renamed over C(current)). A failed build is removed and C(current) stays
@@ -137,6 +140,11 @@ hash:
   description: sha256 of the inputs; its first 12 digits name the venv.
   returned: always
   type: str
+repaired:
+  description: Distributions (C(name==version)) reinstalled into the current venv because they had drifted.
+  returned: always
+  type: list
+  elements: str
 current:
   description: Path of the C(current) link.
   returned: always
@@ -180,6 +188,7 @@ package:
   type: str
 """
 
+import glob
 import json
 import os
 import re
@@ -271,6 +280,28 @@ class VenvManager:
                 return json.load(handle)
         except (OSError, ValueError):
             return None
+
+    def drifted(self, venv: str, marker: dict) -> list:
+        """Recorded distributions missing or at another version, read from dist-info folder names (no python, no pip)."""
+        on_disk = {}
+        for site in glob.glob(os.path.join(venv, "lib", "python*", "site-packages")):
+            for entry in os.listdir(site):
+                if entry.endswith(".dist-info"):
+                    name, _, version = entry[:-len(".dist-info")].partition("-")
+                    on_disk[normalize(name)] = version
+        return sorted("%s==%s" % (name, version) for name, version in marker.get("versions", {}).items()
+                      if on_disk.get(name) != version)
+
+    def repair(self, venv: str, pins: list):
+        p = self.params
+        args = ["install", "--no-input", "--progress-bar", "off", "--no-deps", *pins]
+        args += _pip.source_args(p["index_url"], p["extra_index_urls"], p["find_links"], p["no_index"],
+                                 p["trusted_hosts"], p["cert"], p["timeout"], p["retries"])
+        rc, out = self.pip(venv, args)
+        if rc != 0:
+            missing = re.findall(r"No matching distribution found for ([^\s;]+)", out)
+            raise BuildError("reinstalling %s into %s failed: %s" % (", ".join(pins), venv, out.strip()[-800:]),
+                             _pip.requirement_name(missing[-1]) if missing else None, out)
 
     # ---- actions ------------------------------------------------------------------------------
     def run(self, args: list) -> tuple:
@@ -381,6 +412,10 @@ class VenvManager:
         return removed
 
 
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def inputs_hash(inputs: dict) -> str:
     return _pip.inputs_hash(inputs)
 
@@ -431,11 +466,23 @@ def main():
     previous = manager.current_name()
     result = dict(changed=False, venv=venv, hash=digest, current=manager.link, python_version=info["version"],
                   previous=os.path.join(manager.path, previous) if previous else None,
-                  built=False, switched=False, pruned=[], pip_runs=0)
+                  built=False, switched=False, pruned=[], repaired=[], pip_runs=0)
     marker = manager.read_marker(name)
     valid = marker is not None and marker.get("hash") == digest
     if previous == name and valid:
-        result.update(versions=marker["versions"], cuda=marker["cuda"])
+        result.update(versions=marker["versions"], cuda=marker["cuda"], repaired=manager.drifted(venv, marker))
+        if result["repaired"]:
+            result["changed"] = True
+            if not module.check_mode:
+                try:
+                    manager.repair(venv, result["repaired"])
+                except BuildError as exc:
+                    module.fail_json(msg=exc.msg, package=exc.package, output=exc.output[-4000:], pip_runs=manager.pip_runs)
+                still = manager.drifted(venv, marker)
+                if still:
+                    module.fail_json(msg="%s still differs from what it was built with after reinstalling: %s" % (
+                        venv, ", ".join(still)), pip_runs=manager.pip_runs)
+            result["pip_runs"] = manager.pip_runs
         module.exit_json(**result)
 
     result.update(changed=True, built=not valid, switched=True)

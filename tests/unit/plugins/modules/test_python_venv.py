@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -90,6 +91,27 @@ def test_lifecycle_build_rerun_change_failures_rollback_prune(venv):
     assert back["changed"] and not back["built"] and back["pip_runs"] == 0 and back["venv"] == first["venv"]
     assert back["pruned"] == [second["venv"]]
     assert sorted(entry for entry in os.listdir(service) if not entry.startswith(".")) == sorted(["current", name_a])
+
+
+def test_a_package_removed_from_the_venv_is_reinstalled_in_place(venv):
+    run, service = venv
+    first = run(["tinyapp==1.0"], smoke_imports=["tinyapp"])
+    assert first["_rc"] == 0, first.get("msg")
+    python = os.path.join(first["venv"], "bin", "python")
+    # Drift: someone uninstalls a dependency from the live venv.
+    subprocess.run([python, "-m", "pip", "uninstall", "-y", "-q", "tinydep"], check=True, env=isolated_pip_env())
+
+    planned = run(["tinyapp==1.0"], check_mode=True)
+    assert planned["changed"] and planned["repaired"] == ["tinydep==2.0"] and planned["pip_runs"] == 0
+    assert subprocess.run([python, "-c", "import tinydep"], capture_output=True).returncode != 0  # check mode wrote nothing
+
+    repaired = run(["tinyapp==1.0"])
+    assert repaired["changed"] and repaired["repaired"] == ["tinydep==2.0"] and not repaired["built"]
+    assert repaired["venv"] == first["venv"] and current(service) == os.path.basename(first["venv"])
+    assert subprocess.run([python, "-c", "import tinydep"]).returncode == 0
+
+    again = run(["tinyapp==1.0"])
+    assert again["changed"] is False and again["repaired"] == [] and again["pip_runs"] == 0
 
 
 def test_cuda_required_but_no_torch_names_torch(venv):
