@@ -1,0 +1,159 @@
+"""State after converge and the drift repair: per-commit folders, verified current links, quarantine, upstream bytes.
+
+The hub stands in for upstream (tag v1 = 1111..., branch main = 2222...); mirror1 is the seed and mirror.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+V1, V2 = "1" * 40, "2" * 40
+ROOT = "/srv/models/tiny"
+SHARD = "model-00002-of-00003.safetensors"
+GPU_NODES = ("node1", "node2", "node3")
+LINE = re.compile(r'^\S+ "(?P<method>[A-Z]+) (?P<path>\S+)" (?P<status>\d{3}) (?P<bytes>\d+)$')
+
+
+def name(host):
+    return host.backend.get_hostname()
+
+
+def other(host, hostname):
+    return host.get_host("ansible://%s" % hostname, ansible_inventory=host.backend.ansible_inventory)
+
+
+def sha256s(host, folder):
+    """Relative path -> sha256 of every file below folder, outside .autoglm/."""
+    out = host.check_output("cd %s && find . -path ./.autoglm -prune -o -type f -print0 | sort -z | xargs -0 sha256sum",
+                            folder)
+    return {path[2:]: digest for digest, path in (line.split(None, 1) for line in out.splitlines())}
+
+
+def manifest(host, folder):
+    return json.loads(host.file(folder + "/.autoglm/manifest.json").content_string)
+
+
+def hub_lines(host, after: str, until: str | None):
+    """Access-log lines of the hub between two marks written by mark_hub_log.yml."""
+    hub = other(host, "hub")
+    cursors = {m: hub.file("/var/lib/hub-mark-%s.cursor" % m).content_string.strip() for m in (after, until) if m}
+    cmd = "journalctl -u autoglm-mirror -o cat --no-pager"
+    if cursors[after]:
+        cmd += " --after-cursor '%s'" % cursors[after]
+    lines = hub.check_output(cmd).splitlines()
+    if until:
+        stop = hub.check_output("journalctl -u autoglm-mirror -o cat --no-pager --after-cursor '%s'" % cursors[until])
+        lines = lines[:len(lines) - len(stop.splitlines())] if stop else lines
+    return [m.groupdict() for m in map(LINE.match, lines) if m]
+
+
+def served(lines):
+    files = sum(int(item["bytes"]) for item in lines if "/resolve/" in item["path"])
+    listings = [item for item in lines if item["path"].startswith("/api/")]
+    return files, sum(int(item["bytes"]) for item in lines), len(listings)
+
+
+@pytest.fixture(scope="module")
+def model_size(host):
+    return sum(int(s) for s in other(host, "hub").check_output(
+        "find /srv/incoming/v2 -type f -printf '%s\\n'").split())
+
+
+def test_current_points_at_the_new_revision(host):
+    if name(host) == "hub":
+        pytest.skip("the hub is upstream, it holds no deployment")
+    link = host.file(ROOT + "/current")
+    assert link.is_symlink and link.linked_to == "%s/%s" % (ROOT, V2)
+    assert host.file(ROOT + "/current").user == "root"
+    folder = host.file("%s/%s" % (ROOT, V2))
+    assert folder.user == "root" and folder.mode == 0o755
+
+
+def test_previous_revision_is_kept_once(host):
+    if name(host) == "hub":
+        pytest.skip("the hub is upstream")
+    entries = sorted(host.check_output("ls -A %s", ROOT).split())
+    assert entries == sorted([V1, V2, "current"])
+
+
+def test_current_holds_exactly_the_hubs_files(host):
+    if name(host) == "hub":
+        pytest.skip("the hub is upstream")
+    expected = sha256s(other(host, "hub"), "/srv/incoming/v2")
+    assert sha256s(host, ROOT + "/current/") == expected
+    recorded = manifest(host, ROOT + "/" + V2)
+    assert recorded["commit"] == V2 and recorded["repo_id"] == "test-org/tiny"
+    assert {f["path"]: f["sha256"] for f in recorded["files"]} == expected
+    for path in expected:
+        assert host.file("%s/%s/%s" % (ROOT, V2, path)).mode == 0o644
+
+
+def test_nodes_fetched_from_the_mirror_and_the_seed_from_upstream(host):
+    if name(host) == "hub":
+        pytest.skip("the hub is upstream")
+    endpoints = {f["endpoint"] for f in manifest(host, ROOT + "/" + V2)["files"]}
+    assert endpoints == ({"http://hub:8090"} if name(host) == "mirror1" else {"http://mirror1:8090"})
+
+
+def test_mirror_serves_the_published_revision(host):
+    if name(host) != "mirror1":
+        pytest.skip("mirror1 is the mirror")
+    refs = json.loads(host.file("/srv/autoglm-mirror/repos/test-org/tiny/refs.json").content_string)
+    assert refs["branches"]["main"] == V2 and refs["branches"]["v1"] == V1
+    # Published with hard links: the mirror holds no second copy, and none of the seed's .autoglm state.
+    weights = "%s/%s/%s" % (ROOT, V2, SHARD)
+    published = "/srv/autoglm-mirror/repos/test-org/tiny/snapshots/%s/%s" % (V2, SHARD)
+    assert host.check_output("stat -c %%i %s", weights) == host.check_output("stat -c %%i %s", published)
+    assert not host.file("/srv/autoglm-mirror/repos/test-org/tiny/snapshots/%s/.autoglm" % V2).exists
+
+
+def test_corrupted_shard_was_quarantined_and_only_it_refetched(host):
+    if name(host) not in GPU_NODES:
+        pytest.skip("drift was made on GPU nodes")
+    folder = "%s/%s" % (ROOT, V2)
+    quarantined = host.check_output("find %s/.autoglm/quarantine -type f -printf '%%P\\n' 2>/dev/null || true", folder)
+    fetched_at = {f["path"]: f["fetched_at"] for f in manifest(host, folder)["files"]}
+    if name(host) != "node2":
+        assert quarantined == ""
+        assert len(set(fetched_at.values())) == 1  # one download, nothing fetched again
+        return
+    assert [line.split("/", 1)[1] for line in quarantined.splitlines()] == [SHARD]
+    bad = host.check_output("sha256sum %s/.autoglm/quarantine/%s", folder, quarantined.strip()).split()[0]
+    good = sha256s(other(host, "hub"), "/srv/incoming/v2")[SHARD]
+    assert bad != good
+    assert max(fetched_at, key=fetched_at.get) == SHARD and len(set(fetched_at.values())) == 2
+    status = json.loads(host.file(folder + "/.autoglm/fetch-status.json").content_string)
+    size = host.file("%s/%s" % (folder, SHARD)).size
+    assert status["state"] == "done" and status["files_total"] == 1
+    assert size <= status["bytes_fetched"] <= size + 4096
+
+
+def test_current_only_ever_held_verified_weights(host):
+    """The verify cache of the current revision covers every file with the hash on disk (written by model_verify)."""
+    if name(host) == "hub":
+        pytest.skip("the hub is upstream")
+    cache = json.loads(host.file("%s/%s/.autoglm/verify-cache.json" % (ROOT, V2)).content_string)
+    text = json.dumps(cache)
+    for path, digest in sha256s(host, "%s/%s" % (ROOT, V2)).items():
+        assert path in text and digest in text
+
+
+def test_upstream_served_the_model_once_for_the_fleet_and_once_for_one_node(host, model_size):
+    if name(host) != "hub":
+        pytest.skip("counted on the hub")
+    fleet_files, fleet_all, fleet_listings = served(hub_lines(host, "prepared", "converged"))
+    repair_files, _, _ = served(hub_lines(host, "converged", "repaired"))
+    solo_files, solo_all, solo_listings = served(hub_lines(host, "repaired", "solo"))
+    report = {"model_bytes": model_size,
+              "fleet_3_nodes": {"file_bytes": fleet_files, "all_bytes": fleet_all, "listing_requests": fleet_listings},
+              "one_node_no_mirror": {"file_bytes": solo_files, "all_bytes": solo_all, "listing_requests": solo_listings},
+              "repair_file_bytes": repair_files}
+    out = os.path.join(os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."), ".cache", "model_weights-upstream-bytes.json")
+    with open(out, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=1)
+    assert fleet_files == model_size  # the seed alone, once: the nodes fetched from mirror1
+    assert solo_files == model_size
+    assert repair_files == 0  # node2's shard came from the mirror
