@@ -132,13 +132,16 @@ def test_corrupted_shard_was_quarantined_and_only_it_refetched(host):
 
 
 def test_current_only_ever_held_verified_weights(host):
-    """The verify cache of the current revision covers every file with the hash on disk (written by model_verify)."""
+    """model_verify's cache vouches for the exact files in place (same inode, same hash) in the current revision."""
     if name(host) == "hub":
         pytest.skip("the hub is upstream")
-    cache = json.loads(host.file("%s/%s/.autoglm/verify-cache.json" % (ROOT, V2)).content_string)
-    text = json.dumps(cache)
-    for path, digest in sha256s(host, "%s/%s" % (ROOT, V2)).items():
-        assert path in text and digest in text
+    folder = "%s/%s" % (ROOT, V2)
+    cache = json.loads(host.file(folder + "/.autoglm/verify-cache.json").content_string)["files"]
+    on_disk = sha256s(host, folder)
+    assert set(cache) == set(on_disk)
+    for path, digest in on_disk.items():
+        inode = int(host.check_output("stat -c %%i %s", "%s/%s" % (folder, path)))
+        assert cache[path]["sha256"] == digest and cache[path]["inode"] == inode, path
 
 
 def test_upstream_served_the_model_once_for_the_fleet_and_once_for_one_node(host, model_size):
