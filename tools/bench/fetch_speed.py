@@ -233,10 +233,10 @@ def report(args: argparse.Namespace, files: dict, results: dict, resumes: dict, 
     for cond in conditions:
         rows = results[cond]
         print("\n%s" % cond)
-        print("%-18s %9s %9s %10s %11s %9s" % ("tool", "MB/s", "seconds", "vs aria2c", "vs snapshot", "cpu"))
+        print("%-18s %9s %9s %10s %21s %9s" % ("tool", "MB/s", "seconds", "vs aria2c", "vs snapshot_download", "cpu"))
         for tool in TOOLS:
             r = rows[tool]
-            print("%-18s %9.0f %9.1f %10s %11s %9s" % (
+            print("%-18s %9.0f %9.1f %10s %21s %9s" % (
                 tool, r["mbps"], r["seconds"], ratio(r["mbps"], rows["aria2c"]["mbps"]),
                 ratio(r["mbps"], rows["snapshot_download"]["mbps"]), "%.1f/%.1f" % (r["cpu"], r["server_cpu"])))
     print("\nresume: model_fetch killed (SIGKILL) at ~50%, then run again")
