@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The embedded lab: systemd containers standing in for GPU servers, and the demo that deploys onto them.
-#   tools/lab.sh demo     set up what is missing, bring the lab up, run site.yml, print a summary
+# The embedded lab: systemd containers standing in for GPU servers (lab-node1..3), the in-cluster mirror
+# (lab-mirror) and the upstream hub (lab-hub, standing in for huggingface.co), and the demo that deploys
+# onto them.
+#   tools/lab.sh demo     set up what is missing, bring the lab up, run site.yml twice (the second must
+#                         change nothing), print a chat completion from every node
 #   tools/lab.sh up       only bring the nodes up
 #   tools/lab.sh down     remove the nodes and their network
 #   tools/lab.sh status   list the nodes
 source "$(dirname "$0")/lab/lib.sh"
-LAB_NODES=(lab-node1 lab-node2 lab-node3)
+LAB_NODES=(lab-hub lab-mirror lab-node1 lab-node2 lab-node3)
 LAB_NETWORK=autoglm-lab
 
 lab_up() {
@@ -37,23 +40,33 @@ lab_down() {
   log "Lab removed"
 }
 
-run_site() {
+run_playbook() {
   activate_tools
   cd "$REPO_ROOT"
-  python3 "$REPO_ROOT/tools/lab/run_playbook.py" site.yml -i inventories/lab "$@"
+  python3 "$REPO_ROOT/tools/lab/run_playbook.py" "$@"
+}
+
+run_site() { run_playbook site.yml -i inventories/lab "$@"; }
+
+publish_upstream() {
+  log "lab-hub publishes the tiny test model (stand-in for huggingface.co)"
+  run_playbook tools/lab/hub.yml -i inventories/lab
 }
 
 case "${1:-demo}" in
   up) need_root; ensure_tool_venv; ensure_docker; ensure_node_image; lab_up ;;
   down) ensure_docker; lab_down ;;
-  status) docker ps -a --filter "name=lab-node" --format '{{.Names}}\t{{.Status}}' ;;
+  status) docker ps -a --filter "name=lab-" --format '{{.Names}}\t{{.Status}}' ;;
   site) shift; run_site "$@" ;;
   demo)
     need_root; ensure_tool_venv; ensure_docker; ensure_node_image; lab_up
+    publish_upstream
     log "ansible-playbook site.yml -i inventories/lab"
     run_site
     log "Rerun: a converged fleet reports changed=0"
     run_site --expect-no-changes
+    log "Every node answers a chat completion"
+    run_playbook playbooks/smoke_test.yml -i inventories/lab --show-task "Print the answer"
     ;;
   *) echo "usage: $0 demo|up|down|status|site" >&2; exit 2 ;;
 esac

@@ -80,7 +80,8 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_task_start(self, task, is_conditional):
         self.task_started[task._uuid] = time.monotonic()
 
-    v2_playbook_on_handler_task_start = v2_playbook_on_task_start
+    def v2_playbook_on_handler_task_start(self, task):
+        self.task_started[task._uuid] = time.monotonic()
 
     def _record_result(self, result, status: str) -> None:
         task = result._task
