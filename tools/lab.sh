@@ -8,7 +8,8 @@
 #   tools/lab.sh down     remove the nodes and their network
 #   tools/lab.sh status   list the nodes
 source "$(dirname "$0")/lab/lib.sh"
-LAB_NODES=(lab-hub lab-mirror lab-node1 lab-node2 lab-node3)
+# LAB_GPU_NODES sets how many GPU nodes `up` starts (inventories/lab lists 3; the converge benchmark varies it).
+LAB_NODES=(lab-hub lab-mirror $(seq -f 'lab-node%g' 1 "${LAB_GPU_NODES:-3}"))
 LAB_NETWORK=autoglm-lab
 
 lab_up() {
@@ -35,7 +36,7 @@ lab_up() {
 }
 
 lab_down() {
-  for node in "${LAB_NODES[@]}"; do docker rm -f "$node" >/dev/null 2>&1 || true; done
+  docker ps -aq --filter "name=^lab-(hub|mirror|node[0-9]+)$" | xargs -r docker rm -f >/dev/null
   docker network rm "$LAB_NETWORK" >/dev/null 2>&1 || true
   log "Lab removed"
 }
