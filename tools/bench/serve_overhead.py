@@ -2,18 +2,18 @@
 """Benchmark: the built-in server (server/autoglm_serve) vs calling `generate` directly, same model, same prompt.
 
     .venv/bin/python tools/bench/serve_overhead.py [--model DIR] [--max-tokens 64] [--repeat 20]
-        [--threads 1] [--concurrency 1 4 8] [--rounds 3]
+        [--threads 1] [--concurrency 1 4 8] [--rounds 3] [--trials 3]
 
 Uses the tiny test model (tools/testmodel/build_test_model.py; built into a temporary folder unless
 --model is given), greedy decoding, one prompt rendered with the model's chat template.
 
-* Overhead at 1 request: median latency of `--repeat` chat completions over HTTP on loopback (JSON,
+* Overhead at 1 request: median (and fastest) latency of `--repeat` chat completions over HTTP on loopback (JSON,
   queue, per-token decode and stop checks included) against the median of the same number of direct
   `model.generate` calls with the same token ids and the same torch thread count. Between them, the
   server's Engine.generate called in this process (per-token decoding, no HTTP, no queue) shows which
   part of the overhead is the engine and which is HTTP.
 * Throughput at N concurrent requests: N client threads each send `--rounds` requests; requests/s and
-  generated tokens/s. Beside it, direct `generate`: the same N x rounds requests one after another (what
+  generated tokens/s, best of --trials. Beside it, direct `generate`: the same N x rounds requests one after another (what
   the server's single generation worker does, minus HTTP) and as batches of N (what batching would give).
 
 The ways never run at once, so they do not compete for the CPU; single requests are interleaved so that
@@ -139,28 +139,36 @@ def measure(model: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]
         for name, call in ways.items():
             tokens[name] = call()
         out: dict[str, Any] = {"latency": {name: statistics.median(v) for name, v in latencies.items()},
+                               "best": {name: min(v) for name, v in latencies.items()},
                                "tokens": tokens, "serial": {}, "batched": {}, "server": {}}
         for n in args.concurrency:
             total = n * args.rounds
-            seconds, made = timed(lambda n=n: sum(direct.generate(args.max_tokens) for _ in range(n * args.rounds)))
-            out["serial"][n] = (total / seconds, made / seconds)
-            seconds, made = timed(lambda n=n: sum(direct.generate(args.max_tokens, n) * n for _ in range(args.rounds)))
-            out["batched"][n] = (total / seconds, made / seconds)
-            seconds, made = concurrent(ways["server"], n, args.rounds)
-            out["server"][n] = (total / seconds, made / seconds)
+            runs = {
+                "serial": lambda n=n: timed(lambda: sum(direct.generate(args.max_tokens) for _ in range(n * args.rounds))),
+                "batched": lambda n=n: timed(lambda: sum(direct.generate(args.max_tokens, n) * n for _ in range(args.rounds))),
+                "server": lambda n=n: concurrent(ways["server"], n, args.rounds),
+            }
+            for kind in runs:
+                out[kind][n] = (0.0, 0.0)
+            for _ in range(args.trials):  # best of, interleaved: a burst of load elsewhere spoils one run, not the row
+                for kind, run in runs.items():
+                    seconds, made = run()
+                    out[kind][n] = max(out[kind][n], (total / seconds, made / seconds))
     return out
 
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> None:
-    lat = r["latency"]
-    overhead = 100 * (lat["server"] - lat["generate"]) / lat["generate"]
     print("tiny test model on CPU, %d torch thread(s), %d CPU cores, greedy, %d new tokens per request"
           % (args.threads, os.cpu_count() or 0, r["tokens"]["generate"]))
     print()
-    print("%-26s %12s %12s %12s %10s" % ("1 request (median of %d)" % args.repeat, "generate ms", "engine ms",
+    print("%-28s %12s %12s %12s %10s" % ("1 request (%d, interleaved)" % args.repeat, "generate ms", "engine ms",
                                          "server ms", "overhead"))
-    print("%-26s %12.1f %12.1f %12.1f %9.1f%%" % ("latency", 1000 * lat["generate"], 1000 * lat["engine"],
-                                                 1000 * lat["server"], overhead))
+    overhead = {}
+    for row in ("latency", "best"):
+        lat = r[row]
+        overhead[row] = 100 * (lat["server"] - lat["generate"]) / lat["generate"]
+        print("%-28s %12.1f %12.1f %12.1f %9.1f%%" % ("median" if row == "latency" else "fastest", 1000 * lat["generate"],
+                                                     1000 * lat["engine"], 1000 * lat["server"], overhead[row]))
     print()
     print("%-12s %20s %20s %20s" % ("concurrent", "generate serial", "generate batched", "server"))
     print("%-12s %20s %20s %20s" % ("requests", "req/s  tok/s", "req/s  tok/s", "req/s  tok/s"))
@@ -168,7 +176,7 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
         cells = [r["serial"][n], r["batched"][n], r["server"][n]]
         print("%-12d" % n + "".join(" %12.1f %7.0f" % cell for cell in cells))
     print()
-    print("goal (overhead < 10%% at 1 request): %s" % ("met" if overhead < 10 else "NOT met"))
+    print("goal (median overhead < 10%% at 1 request): %s" % ("met" if overhead["latency"] < 10 else "NOT met"))
     if len(set(r["tokens"].values())) > 1:
         print("note: the ways generated different token counts: %s" % r["tokens"])
 
@@ -181,6 +189,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, on both sides")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--rounds", type=int, default=3, help="requests per client in the throughput runs")
+    parser.add_argument("--trials", type=int, default=3, help="throughput runs per row; the best is printed")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         work = Path(tmp)
