@@ -59,6 +59,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsp
 from urllib.request import getproxies, proxy_bypass
 
 from ansible_collections.autoglm.deploy.plugins.module_utils._hashing import GIT_SHA1, SHA256, IncrementalHasher
+from ansible_collections.autoglm.deploy.plugins.module_utils._manifest import netloc_without_credentials
 
 MIB = 1 << 20
 DEFAULT_CHUNK_SIZE = 16 * MIB
@@ -94,11 +95,7 @@ class RangeIgnored(Exception):
 def redact_url(url: str) -> str:
     """The URL as it may appear in messages: no user:password@, secret-looking query values masked."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = "[%s]" % host
-    if parts.port:
-        host += ":%d" % parts.port
+    host = netloc_without_credentials(parts)
     query = parts.query
     if query:
         pairs = [(k, "***" if any(s in k.lower() for s in _SECRET_QUERY_KEYS) else v)
@@ -346,6 +343,16 @@ class Client:
         raise DownloadError("%s: HTTP %d from %s%s" % (what, status, where, suffix), "http", status,
                             retryable=retryable, retry_after=retry_after)
 
+    def back_off_or_raise(self, exc: DownloadError, attempt: int) -> None:
+        """Sleep before retry number attempt+1 (backoff with jitter, Retry-After honoured), or re-raise exc."""
+        if not exc.retryable or attempt >= self.settings.retries:
+            if exc.retryable:
+                exc.message = "%s (gave up after %d attempts)" % (exc.message, attempt + 1)
+                exc.args = (exc.message,)
+            raise exc
+        time.sleep(backoff_delay(attempt, self.settings.backoff, self.settings.max_backoff, exc.retry_after,
+                                 self.settings.max_retry_after))
+
     def retrying(self, action, what: str):
         """Run action() until it succeeds, retrying retryable DownloadErrors with backoff."""
         attempt = 0
@@ -353,13 +360,7 @@ class Client:
             try:
                 return action()
             except DownloadError as exc:
-                if not exc.retryable or attempt >= self.settings.retries:
-                    if exc.retryable:
-                        exc.message = "%s (gave up after %d attempts)" % (exc.message, attempt + 1)
-                        exc.args = (exc.message,)
-                    raise
-                time.sleep(backoff_delay(attempt, self.settings.backoff, self.settings.max_backoff, exc.retry_after,
-                                         self.settings.max_retry_after))
+                self.back_off_or_raise(exc, attempt)
                 attempt += 1
 
     def get_json(self, url: str, what: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
@@ -835,13 +836,7 @@ class FileDownload:
                 a += got
                 if got:
                     attempt = 0  # the connection made progress: a flaky server still gets there
-                if not exc.retryable or attempt >= self.settings.retries:
-                    if exc.retryable:
-                        exc.message = "%s (gave up after %d attempts)" % (exc.message, attempt + 1)
-                        exc.args = (exc.message,)
-                    raise
-                time.sleep(backoff_delay(attempt, self.settings.backoff, self.settings.max_backoff, exc.retry_after,
-                                         self.settings.max_retry_after))
+                self.client.back_off_or_raise(exc, attempt)
                 attempt += 1
                 continue
             a += got

@@ -74,15 +74,20 @@ def check_relpath(path, where: str = "path") -> str:
     return path
 
 
-def strip_credentials(url: str) -> str:
-    """The base URL without user:password@, query or fragment: what may be recorded as an endpoint."""
-    parts = urlsplit(url)
+def netloc_without_credentials(parts) -> str:
+    """host[:port] of a urlsplit() result, IPv6 bracketed, never the user:password@ part."""
     host = parts.hostname or ""
     if ":" in host:
         host = "[%s]" % host
     if parts.port:
         host += ":%d" % parts.port
-    return "%s://%s%s" % (parts.scheme, host, parts.path.rstrip("/")) if parts.scheme else url
+    return host
+
+
+def strip_credentials(url: str) -> str:
+    """The base URL without user:password@, query or fragment: what may be recorded as an endpoint."""
+    parts = urlsplit(url)
+    return "%s://%s%s" % (parts.scheme, netloc_without_credentials(parts), parts.path.rstrip("/")) if parts.scheme else url
 
 
 def _check_endpoint(value, where: str) -> None:
