@@ -87,8 +87,10 @@ def main() -> int:
             for label in ("first", "noop", "drift"):
                 if label == "drift":
                     drift("lab-node1")
-                print("   site.yml: %s" % label, file=sys.stderr, flush=True)
                 runs[label] = playbook("site.yml", inventory, work, label)
+                print("   site.yml %-5s %7.1fs  changed=%d  task results=%d" % (
+                    label, runs[label]["seconds"], runs[label]["changed_total"], runs[label]["task_results"]),
+                    file=sys.stderr, flush=True)
             results[nodes] = runs
         lab("down", nodes=max(sizes))
 
