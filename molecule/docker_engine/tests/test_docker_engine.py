@@ -32,7 +32,8 @@ def test_nvidia_runtime_and_unrelated_keys_survive_adding_mirrors(host):
     assert config["runtimes"] == {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}
     assert config["features"] == {"buildkit": True} and config["labels"] == ["autoglm.lab=node1"]
     assert config["registry-mirrors"] == [MIRROR]  # the stale mirror was replaced
-    assert config["insecure-registries"] == ["node2:5000"]
+    # node2:5001 is the upstream registry that side_effect.yml pushes the test image to.
+    assert config["insecure-registries"] == ["node2:5000", "node2:5001"]
     assert config["log-driver"] == "json-file" and config["log-opts"] == {"max-size": "10m", "max-file": "3"}
     assert "default-runtime" not in config
 
