@@ -9,6 +9,13 @@ from pathlib import Path
 
 import pytest
 
+# torch first: ansible-core 2.19 replaces sys.intern with a patch object when some tests import its
+# module_utils, and torch._dynamo (imported by transformers' model code) refuses to load after that.
+try:
+    import torch  # noqa: F401
+except ImportError:  # a venv without the model tooling: the tests that need it skip or fail on their own
+    pass
+
 REPO = Path(__file__).resolve().parents[1]
 COLLECTIONS = REPO / "collections"
 FIXTURES = REPO / "tests" / "fixtures"
