@@ -1,6 +1,7 @@
 """Shared pytest fixtures: import path for the collection, and running a module as Ansible does."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -11,10 +12,8 @@ import pytest
 
 # torch first: ansible-core 2.19 replaces sys.intern with a patch object when some tests import its
 # module_utils, and torch._dynamo (imported by transformers' model code) refuses to load after that.
-try:
+with contextlib.suppress(ImportError):  # without the model tooling, the tests that need it fail on their own
     import torch  # noqa: F401
-except ImportError:  # a venv without the model tooling: the tests that need it skip or fail on their own
-    pass
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTIONS = REPO / "collections"
