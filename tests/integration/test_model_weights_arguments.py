@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from support.mirror import DEV_COMMIT, TINY_COMMIT, TINY_REPO
+from support.playbook import run_local_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,21 +23,10 @@ def run_role(tmp_path: Path, root: Path, endpoint: str, *extra: str, check: bool
     playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [autoglm.deploy.model_weights]\n")
     settings = {"model_weights_root": str(root), "model_weights_name": "tiny", "model_weights_repo_id": TINY_REPO,
                 "model_weights_endpoints": [endpoint], "model_weights_allow_unsigned": True,
-                "model_weights_poll_interval": 1, "model_weights_disk_headroom_mb": 1,
-                "ansible_python_interpreter": sys.executable}
-    command = ["ansible-playbook", "-i", "localhost,", "-c", "local", "-e", json.dumps(settings), str(playbook)]
-    for item in extra:
-        command += ["-e", item]
-    if check:
-        command.append("--check")
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", AUTOGLM_AUDIT_LOG=str(tmp_path / "audit.jsonl"))
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    try:
-        report = json.loads(proc.stdout)
-    except ValueError:
-        report = {"stats": {}, "plays": [], "raw": proc.stdout + proc.stderr}
-    return proc.returncode, report["stats"].get("localhost", {}), report
+                "model_weights_poll_interval": 1, "model_weights_disk_headroom_mb": 1}
+    rc, report, raw = run_local_playbook(playbook, tmp_path, (json.dumps(settings), *extra), check=check)
+    report = report or {"stats": {}, "plays": [], "raw": raw}
+    return rc, report["stats"].get("localhost", {}), report
 
 
 def failures(report: dict) -> list:

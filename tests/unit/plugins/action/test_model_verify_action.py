@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from support.modeldir import SHARDS, build_model, make_ec_key, sign_model
+from support.playbook import run_local_playbook
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -36,19 +35,11 @@ def play(tmp_path: Path, args: dict, check: bool = False) -> dict:
     playbook = tmp_path / "play.yml"
     playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
                                      "tasks": [{"name": "Verify the model", "autoglm.deploy.model_verify": args}]}]))
-    command = ["ansible-playbook", "-i", "localhost,", "-c", "local",
-               "-e", "ansible_python_interpreter=" + sys.executable, str(playbook)]
-    if check:
-        command.append("--check")
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", AUTOGLM_AUDIT_LOG=str(tmp_path / "audit.jsonl"))
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    try:
-        report = json.loads(proc.stdout)
-    except ValueError as exc:
-        raise AssertionError("no JSON report (rc=%d): %s %s" % (proc.returncode, proc.stdout, proc.stderr)) from exc
+    rc, report, raw = run_local_playbook(playbook, tmp_path, check=check, timeout=180)
+    if report is None:
+        raise AssertionError("no JSON report (rc=%d): %s" % (rc, raw))
     result = report["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    assert bool(result.get("failed")) == (proc.returncode != 0)
+    assert bool(result.get("failed")) == (rc != 0)
     return result
 
 
