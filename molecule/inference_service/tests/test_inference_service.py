@@ -20,10 +20,14 @@ def curl(host, *args):
 
 
 def exec_start(host, unit):
-    """The argv systemd will run, as systemd parsed it (systemctl show ExecStart: argv[]=...)."""
-    shown = host.check_output("systemctl show -p ExecStart --value %s", unit)
-    argv = re.search(r"argv\[\]=(.*?) ;", shown).group(1)
-    return shlex.split(argv)
+    """The argv systemd will run, as systemd parsed it. Read over D-Bus as JSON: `systemctl show` joins argv
+    with spaces unquoted, which loses exactly the quoting this checks."""
+    path = json.loads(host.check_output(
+        "busctl call --json=short org.freedesktop.systemd1 /org/freedesktop/systemd1 "
+        "org.freedesktop.systemd1.Manager LoadUnit s %s.service", unit))["data"][0]
+    prop = json.loads(host.check_output(
+        "busctl get-property --json=short org.freedesktop.systemd1 %s org.freedesktop.systemd1.Service ExecStart", path))
+    return prop["data"][0][1]
 
 
 def test_service_runs_under_its_own_user(host):
@@ -118,9 +122,6 @@ def flags(argv):
     return out
 
 
-# Known bug (found by this test, not fixed yet): the unit template leaves JSON flag values unquoted for
-# systemd, which strips their double quotes (vLLM/SGLang would get '{image:{...}}'); see the closing note.
-@pytest.mark.xfail(reason="unit template: JSON flag values lose their quotes in ExecStart", strict=False)
 @pytest.mark.parametrize(("unit", "upstream", "tp_flag", "tp"), [
     ("autoglm-vllm", UPSTREAM_VLLM, "--tensor-parallel-size", "8"),   # from the recorded 8-GPU gpu_facts
     ("autoglm-sglang", UPSTREAM_SGLANG, "--tp-size", "2"),            # set explicitly
