@@ -33,11 +33,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="weights dtype; auto is bfloat16 on GPUs, float32 on CPUs")
     parser.add_argument("--max-model-len", type=int, help="context length (default: the model's max_position_embeddings)")
     parser.add_argument("--max-queue", type=int, default=64, help="chat completions that may wait; more get 429")
+    parser.add_argument("--max-batch", type=int, default=8,
+                        help="waiting chat completions decoded together in one generate (1: one at a time)")
     parser.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request gives none")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("max_batch", "max_queue"):
+        if getattr(args, name) < 1:
+            parser.error("--%s must be 1 or more, got %d" % (name.replace("_", "-"), getattr(args, name)))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    engine = Engine(str(model), device=args.device, dtype=args.dtype, max_queue=args.max_queue, max_model_len=args.max_model_len)
+    engine = Engine(str(model), device=args.device, dtype=args.dtype, max_queue=args.max_queue,
+                    max_model_len=args.max_model_len, max_batch=args.max_batch)
     server = Server((args.host, args.port), engine, args.served_model_name or model.resolve().name,
                     api_key=os.environ.get(API_KEY_ENV) or None, default_max_tokens=args.default_max_tokens)
     # Serve /health (503) while the model loads, so probes can tell "loading" from "down".

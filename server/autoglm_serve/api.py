@@ -44,6 +44,9 @@ def new_registry() -> Registry:
     registry.declare("autoglm_serve_model_load_seconds", "gauge", "Seconds the model took to load.")
     registry.declare("autoglm_serve_model_loaded", "gauge", "1 once the model is loaded and requests are served.")
     registry.declare("autoglm_serve_queue_depth", "gauge", "Chat completions waiting for the generation worker.")
+    registry.declare("autoglm_serve_batches_total", "counter", "Batches the generation worker ran.")
+    registry.declare("autoglm_serve_batched_requests_total", "counter",
+                     "Chat completions in those batches (divide by batches for the mean batch size).")
     registry.declare("autoglm_serve_gpu_memory_allocated_bytes", "gauge", "CUDA memory allocated by tensors, per GPU.")
     registry.declare("autoglm_serve_gpu_memory_reserved_bytes", "gauge", "CUDA memory reserved by the allocator, per GPU.")
     return registry
@@ -68,7 +71,9 @@ class Server(ThreadingHTTPServer):
 
     def _sampled(self) -> list[tuple[str, dict[str, str], float]]:
         samples = [("autoglm_serve_model_loaded", {}, 1.0 if self.engine.ready.is_set() else 0.0),
-                   ("autoglm_serve_queue_depth", {}, float(self.engine.queue_depth()))]
+                   ("autoglm_serve_queue_depth", {}, float(self.engine.queue_depth())),
+                   ("autoglm_serve_batches_total", {}, float(self.engine.batches)),
+                   ("autoglm_serve_batched_requests_total", {}, float(self.engine.batched_requests))]
         if self.engine.load_seconds is not None:
             samples.append(("autoglm_serve_model_load_seconds", {}, self.engine.load_seconds))
         return samples + self.engine.gpu_memory()

@@ -1,8 +1,11 @@
-"""Model loading and generation for the built-in server: one worker thread, a bounded FIFO queue.
+"""Model loading and generation for the built-in server: one worker thread, a bounded FIFO queue, batches.
 
 Why one worker: a transformers model is not safe to call from several threads at once (shared KV-cache
-objects, global RNG for sampling), and on the CPUs and small GPUs this server is for, batching gains
-little next to vLLM. Requests queue; each runs alone, so none can corrupt another's output.
+objects, global RNG for sampling). Instead the worker takes the oldest request plus up to --max-batch - 1
+waiting ones that decode the same way (greedy, or the same temperature and top_p) and runs them as one
+left-padded `generate`: each row keeps its own attention mask, token budget, stop sequences and stream,
+so requests share the matrix multiplies but never each other's output. A request with a seed runs alone
+so that its sampling stays reproducible.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -116,7 +120,7 @@ class Engine:
     """Loads the model in the background (health says 503 until it is ready) and runs the generation worker."""
 
     def __init__(self, model_path: str, device: str = "auto", dtype: str = "auto", max_queue: int = 64,
-                 max_model_len: int | None = None) -> None:
+                 max_model_len: int | None = None, max_batch: int = 8) -> None:
         self.model_path = model_path
         self.device_name = device
         self.dtype_name = dtype
@@ -127,8 +131,13 @@ class Engine:
         self.tokenizer: Any = None
         self.model: Any = None
         self.device: Any = None
-        self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
-        self.busy = False
+        self.max_queue = max_queue
+        self.max_batch = max(1, max_batch)
+        self._waiting: deque[Job] = deque()
+        self._arrived = threading.Condition()
+        # For /metrics: requests per batch = rate(batched_requests) / rate(batches).
+        self.batches = 0
+        self.batched_requests = 0
 
     # Loading -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -168,13 +177,14 @@ class Engine:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def submit(self, job: Job) -> None:
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full as exc:
-            raise QueueFull() from exc
+        with self._arrived:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull()
+            self._waiting.append(job)
+            self._arrived.notify()
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._waiting)
 
     def eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -185,59 +195,109 @@ class Engine:
         return list(ids) if isinstance(ids, (list, tuple)) else [int(ids)]
 
     # Generation ----------------------------------------------------------------------------------
+    @staticmethod
+    def _batch_key(sampling: Sampling) -> tuple | None:
+        """Requests with equal keys decode alike and may share a batch; None runs alone (seeded sampling)."""
+        if sampling.temperature <= 0:
+            return ("greedy",)
+        if sampling.seed is not None:
+            return None
+        return ("sample", sampling.temperature, sampling.top_p)
+
+    def _next_batch(self) -> list[Job]:
+        """The oldest waiting request and, in arrival order, up to max_batch - 1 others it can share a batch with."""
+        with self._arrived:
+            while True:
+                while not self._waiting:
+                    self._arrived.wait()
+                first = self._waiting.popleft()
+                if not first.cancelled.is_set():
+                    break
+            batch, key = [first], self._batch_key(first.sampling)
+            if key is not None:
+                for job in list(self._waiting):
+                    if len(batch) >= self.max_batch:
+                        break
+                    if job.cancelled.is_set() or self._batch_key(job.sampling) == key:
+                        self._waiting.remove(job)
+                        if not job.cancelled.is_set():
+                            batch.append(job)
+            return batch
+
     def _worker(self) -> None:
         while True:
-            job = self._queue.get()
-            if job.cancelled.is_set():
-                continue
-            self.busy = True
-            job.started_at = time.monotonic()
+            batch = self._next_batch()
+            started = time.monotonic()
+            for job in batch:
+                job.started_at = started
+            self.batches += 1
+            self.batched_requests += len(batch)
             try:
-                job.events.put(("done", self.generate(job)))
-            except Exception as exc:  # one bad request must not kill the worker
+                results = self.generate_batch(batch)
+            except Exception as exc:  # one bad batch must not kill the worker
                 LOG.exception("generation failed")
-                job.events.put(("error", "%s: %s" % (type(exc).__name__, exc)))
-            finally:
-                self.busy = False
+                for job in batch:
+                    job.events.put(("error", "%s: %s" % (type(exc).__name__, exc)))
+                continue
+            for job, result in zip(batch, results):
+                job.events.put(("done", result))
 
     def generate(self, job: Job) -> Result:
+        return self.generate_batch([job])[0]
+
+    def generate_batch(self, jobs: Sequence[Job]) -> list[Result]:
+        """One `generate` for all jobs (same decoding settings), prompts left-padded; one Result per job."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
-        tracker = TextTracker(self.tokenizer, job.sampling.stop, self.eos_ids())
+        eos_ids = self.eos_ids()
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (eos_ids or [0])[0]
+        trackers = [TextTracker(self.tokenizer, job.sampling.stop, eos_ids) for job in jobs]
+        closed = [False] * len(jobs)
 
         class Tap(StoppingCriteria):
-            """Sees each new token before the next step: decodes, streams, and stops on a stop sequence or cancel."""
+            """Sees each row's new token before the next step: decodes, streams, and closes the row on its stop
+            sequence, its own max_tokens or a cancel; generate pads closed rows until every row is closed."""
 
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                tracker.add(int(input_ids[0, -1]))
-                if job.stream:
-                    delta = tracker.pending_delta()
-                    if delta:
-                        job.events.put(("delta", delta))
-                done = tracker.finish_reason is not None or job.cancelled.is_set()
-                return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+                for row, (job, tracker) in enumerate(zip(jobs, trackers)):
+                    if closed[row]:
+                        continue
+                    tracker.add(int(input_ids[row, -1]))
+                    if job.stream:
+                        delta = tracker.pending_delta()
+                        if delta:
+                            job.events.put(("delta", delta))
+                    closed[row] = (tracker.finish_reason is not None or len(tracker.ids) >= job.sampling.max_tokens
+                                   or job.cancelled.is_set())
+                return torch.tensor(closed, dtype=torch.bool, device=input_ids.device)
 
-        sampling = job.sampling
-        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "stopping_criteria": StoppingCriteriaList([Tap()]),
-                                  "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-                                  else (self.eos_ids() or [0])[0]}
+        sampling = jobs[0].sampling
+        kwargs: dict[str, Any] = {"max_new_tokens": max(job.sampling.max_tokens for job in jobs),
+                                  "stopping_criteria": StoppingCriteriaList([Tap()]), "pad_token_id": pad_id}
         if sampling.temperature <= 0:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
-        input_ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
+        width = max(len(job.prompt_ids) for job in jobs)
+        input_ids = torch.tensor([[pad_id] * (width - len(job.prompt_ids)) + list(job.prompt_ids) for job in jobs],
+                                 dtype=torch.long, device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(job.prompt_ids)) + [1] * len(job.prompt_ids) for job in jobs],
+                                      dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-        tracker.finish()
-        if job.stream:
-            tail = tracker.pending_delta(final=True)
-            if tail:
-                job.events.put(("delta", tail))
-        return Result(text=tracker.text, finish_reason=tracker.finish_reason or "length",
-                      prompt_tokens=len(job.prompt_ids), completion_tokens=len(tracker.ids))
+            self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        results = []
+        for job, tracker in zip(jobs, trackers):
+            tracker.finish()
+            if job.stream:
+                tail = tracker.pending_delta(final=True)
+                if tail:
+                    job.events.put(("delta", tail))
+            results.append(Result(text=tracker.text, finish_reason=tracker.finish_reason or "length",
+                                  prompt_tokens=len(job.prompt_ids), completion_tokens=len(tracker.ids)))
+        return results
 
     def gpu_memory(self) -> list[tuple[str, dict[str, str], float]]:
         """Allocated/reserved bytes per CUDA device, for /metrics; nothing on a CPU node."""

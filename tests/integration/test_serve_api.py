@@ -199,6 +199,29 @@ def test_concurrent_requests_each_get_their_own_answer(server, model_dir):
             return "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"])
         return chat(server, PROMPTS[i], max_tokens=20)[1]["choices"][0]["message"]["content"]
 
+    batches = metric(server, "autoglm_serve_batches_total")
     with ThreadPoolExecutor(max_workers=len(PROMPTS)) as pool:
         got = list(pool.map(ask, range(len(PROMPTS))))
     assert got == expected
+    # They shared batches (the first runs alone while the rest arrive), or this proved only the queue.
+    assert metric(server, "autoglm_serve_batches_total") - batches < len(PROMPTS)
+
+
+def test_one_batch_keeps_each_requests_budget_and_stop(server, model_dir):
+    """Rows of one batch end on their own: max_tokens 4..18 and a stop sequence for every other request."""
+    budgets = [4 + 2 * i for i in range(len(PROMPTS))]
+    solo = [direct_generate(model_dir, [prompt], budget)[0] for prompt, budget in zip(PROMPTS, budgets)]
+    stops = [text[1:3] if i % 2 and len(text) > 3 else None for i, text in enumerate(solo)]
+    expected = [text[:text.index(stop)] if stop else text for text, stop in zip(solo, stops)]
+
+    def ask(i: int):
+        extra = {"max_tokens": budgets[i]}
+        if stops[i]:
+            extra["stop"] = [stops[i]]
+        body = chat(server, PROMPTS[i], **extra)[1]
+        return body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"]
+
+    with ThreadPoolExecutor(max_workers=len(PROMPTS)) as pool:
+        got = list(pool.map(ask, range(len(PROMPTS))))
+    assert [text for text, _ in got] == expected
+    assert all(tokens <= budget for (_, tokens), budget in zip(got, budgets))

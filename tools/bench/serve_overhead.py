@@ -14,7 +14,8 @@ Uses the tiny test model (tools/testmodel/build_test_model.py; built into a temp
   part of the overhead is the engine and which is HTTP.
 * Throughput at N concurrent requests: N client threads each send `--rounds` requests; requests/s and
   generated tokens/s, best of --trials. Beside it, direct `generate`: the same N x rounds requests one after another (what
-  the server's single generation worker does, minus HTTP) and as batches of N (what batching would give).
+  a server without batching would do, minus HTTP) and as batches of N (the ideal the server's batching
+  approaches when all N requests arrive at once).
 
 The ways never run at once, so they do not compete for the CPU; single requests are interleaved so that
 load from elsewhere hits all alike. Timings are a report, not a test. Nothing is left running.
