@@ -98,6 +98,16 @@ options:
         RV(files) and RV(bytes_total), for example to choose a directory per commit and check disk space first.
     type: bool
     default: false
+  reuse_from:
+    description:
+      - Other snapshot folders of the same repository, for example the commit deployed now. A file their
+        manifest records with the size and hash this snapshot lists is hard-linked instead of downloaded, so a
+        new revision that changes only a config file downloads only that file.
+      - Folders that do not exist, have no manifest, or lie on another filesystem are skipped (then the file
+        is downloaded). The linked file shares its bytes with the other folder; verify the new snapshot as usual.
+    type: list
+    elements: path
+    default: []
   prune:
     description: Delete files the previous manifest listed that the new snapshot (or patterns) no longer include.
     type: bool
@@ -223,7 +233,11 @@ files:
   contains:
     path: {description: Path relative to O(dest)., type: str}
     size: {description: Size in bytes., type: int}
-    action: {description: "kept (already complete), fetched, adopted (on disk with the right hash) or fetch (check mode).", type: str}
+    action:
+      description: >-
+        kept (already complete), fetched, adopted (on disk with the right hash), linked (from O(reuse_from)),
+        or in check mode fetch / link.
+      type: str
     endpoint: {description: Base URL that served it (for kept files, the one recorded)., type: str}
 fetched:
   description: Paths downloaded by this run (in check mode, that would be).
@@ -245,6 +259,10 @@ bytes_to_fetch:
   type: int
 bytes_fetched:
   description: Bytes received over the network, every retry included.
+  returned: always
+  type: int
+bytes_linked:
+  description: Bytes of the files hard-linked from O(reuse_from) instead of downloaded.
   returned: always
   type: int
 bytes_resumed:
@@ -326,6 +344,18 @@ def same_content(expected: dict, recorded: dict) -> bool:
                 return False
             compared = True
     return compared
+
+
+def device_of(path: str) -> int:
+    """st_dev of path, or of its nearest existing parent (dest may not exist yet)."""
+    while True:
+        try:
+            return os.stat(path).st_dev
+        except FileNotFoundError:
+            parent = os.path.dirname(path)
+            if parent == path:
+                raise
+            path = parent
 
 
 class Fetcher:
@@ -552,7 +582,7 @@ class Fetcher:
     def result(self, **values) -> dict:
         base = {"changed": False, "dest": self.dest, "source": self.source, "repo_id": self.repo_id,
                 "revision": self.revision, "commit": "", "files": [], "fetched": [], "removed": [], "bytes_total": 0,
-                "bytes_to_fetch": 0, "bytes_fetched": 0, "bytes_resumed": 0, "endpoints": [],
+                "bytes_to_fetch": 0, "bytes_fetched": 0, "bytes_resumed": 0, "bytes_linked": 0, "endpoints": [],
                 "metadata_requests": self.metadata_requests, "manifest": _manifest.manifest_path(self.dest),
                 "status_file": self.status_file, "elapsed_s": round(time.monotonic() - self.started, 3)}
         base.update(values)
@@ -627,23 +657,76 @@ class Fetcher:
         removed = sorted(path for path in old if path not in wanted)
         return keep, adopt, fetch, removed, old
 
+    def reusable(self, fetch: dict) -> dict:
+        """{path: (file in another snapshot, its manifest entry)} for files to fetch that reuse_from already holds."""
+        found = {}
+        here = os.path.realpath(self.dest)
+        for folder in self.params["reuse_from"]:
+            root = os.path.realpath(folder)
+            if root == here:
+                continue
+            try:
+                other = _manifest.load(_manifest.manifest_path(root))
+            except _manifest.ManifestError:
+                continue  # missing or unreadable: nothing to reuse there
+            if other["repo_id"] != self.repo_id:
+                continue
+            for path, entry in _manifest.by_path(other).items():
+                info = fetch.get(path)
+                if info is None or path in found or not same_content(info, entry):
+                    continue
+                source = os.path.join(root, path)
+                try:
+                    st = os.stat(source)
+                except OSError:
+                    continue
+                # Hard links stay on one filesystem; elsewhere the file is downloaded.
+                if st.st_size == entry["size"] and st.st_dev == device_of(here):
+                    found[path] = (source, entry)
+        return found
+
+    def link(self, reuse: dict) -> dict:
+        """Hard-link what reusable() found; returns the entries it linked (a failed link leaves the file to fetch)."""
+        linked = {}
+        for path, (source, entry) in reuse.items():
+            target = self.safe_path(path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            staging = target + ".link"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
+            try:
+                os.link(source, staging)
+            except OSError:
+                continue
+            os.replace(staging, target)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target + ".part")  # an interrupted download of the same file is not needed any more
+            linked[path] = entry
+        return linked
+
     def converge(self, commit: str, wanted: dict, manifest, state) -> dict:
         p = self.params
         keep, adopt, fetch, removed, old = self.plan(wanted, manifest)
+        reuse = self.reusable(fetch)
         bytes_total = sum((info["size"] or 0) for info in wanted.values())
-        to_fetch = sum((info["size"] or 0) for info in fetch.values())
+        to_fetch = sum((info["size"] or 0) for path, info in fetch.items() if path not in reuse)
         new_state = self.wanted_state(commit)
         changed = bool(fetch or adopt or (removed and p["prune"]) or manifest is None or manifest["commit"] != commit
                        or manifest["revision"] != self.revision or state != new_state)
         diff = self.diff(old, wanted, fetch, removed) if self.module._diff else None
         if self.module.check_mode:
-            files = [{"path": path, "size": info["size"], "action": "fetch" if path in fetch else
-                      ("adopted" if path in adopt else "kept"), "endpoint": (keep.get(path) or {}).get("endpoint", "")}
+            files = [{"path": path, "size": info["size"], "action": "link" if path in reuse else "fetch" if path in fetch
+                      else ("adopted" if path in adopt else "kept"), "endpoint": (keep.get(path) or {}).get("endpoint", "")}
                      for path, info in wanted.items()]
-            return self.result(changed=changed, commit=commit, files=files, fetched=sorted(fetch), removed=removed,
-                               bytes_total=bytes_total, bytes_to_fetch=to_fetch, diff=diff)
+            return self.result(changed=changed, commit=commit, files=files,
+                               fetched=sorted(path for path in fetch if path not in reuse), removed=removed,
+                               bytes_total=bytes_total, bytes_to_fetch=to_fetch,
+                               bytes_linked=sum(reuse[path][1]["size"] for path in reuse), diff=diff)
         self.acquire_lock()
         try:
+            linked = self.link(reuse)
+            fetch = {path: info for path, info in fetch.items() if path not in linked}
+            to_fetch = sum((info["size"] or 0) for info in fetch.values())
             self.check_disk(fetch)
             fetched, endpoint_stats, totals = self.download(commit, fetch, bytes_total - to_fetch, bytes_total)
             now = _manifest.utc_now_iso()
@@ -651,6 +734,10 @@ class Fetcher:
             for path, info in wanted.items():
                 if path in keep:
                     entries.append(dict(keep[path], path=path))
+                elif path in linked:
+                    entries.append({"path": path, "size": linked[path]["size"], "sha256": linked[path]["sha256"],
+                                    "git_sha1": info.get("git_sha1") or linked[path].get("git_sha1"),
+                                    "endpoint": linked[path]["endpoint"], "fetched_at": now})
                 elif path in adopt:
                     entries.append({"path": path, "size": adopt[path]["size"], "sha256": adopt[path]["sha256"],
                                     "git_sha1": info.get("git_sha1"), "endpoint": _manifest.strip_credentials(
@@ -674,13 +761,16 @@ class Fetcher:
             self.release_lock()
         files = []
         for path, info in wanted.items():
-            action = "fetched" if path in fetch else ("adopted" if path in adopt else "kept")
-            endpoint = fetched[path]["endpoint"] if path in fetch else (keep.get(path) or {}).get("endpoint", "")
+            action = ("fetched" if path in fetch else "linked" if path in linked else "adopted" if path in adopt
+                      else "kept")
+            endpoint = (fetched[path]["endpoint"] if path in fetch else linked[path]["endpoint"] if path in linked
+                        else (keep.get(path) or {}).get("endpoint", ""))
             files.append({"path": path, "size": info["size"] if info["size"] is not None else fetched[path]["size"],
                           "action": action, "endpoint": endpoint})
         return self.result(changed=changed, commit=commit, files=files, fetched=sorted(fetch), removed=removed,
                            bytes_total=bytes_total, bytes_to_fetch=to_fetch, bytes_fetched=totals["fetched"],
                            bytes_resumed=totals["resumed"], endpoints=endpoint_stats, diff=diff,
+                           bytes_linked=sum(entry["size"] for entry in linked.values()),
                            rate_bytes_per_s=int(totals["fetched"] / max(1e-6, time.monotonic() - self.started)))
 
     @staticmethod
@@ -801,6 +891,7 @@ def main():
             token=dict(type="str", no_log=True),
             offline=dict(type="bool", default=False),
             resolve_only=dict(type="bool", default=False),
+            reuse_from=dict(type="list", elements="path", default=[]),
             prune=dict(type="bool", default=True),
             max_parallel_files=dict(type="int", default=4),
             connections=dict(type="int", default=16),

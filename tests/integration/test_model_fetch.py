@@ -103,6 +103,29 @@ def test_revision_change_diffs_and_prunes_removed_files(run_module, mirror, tmp_
     assert not (dest / "README.md").exists()
 
 
+def test_a_new_revision_links_unchanged_files_from_the_deployed_one(run_module, mirror_factory, tmp_path):
+    server = mirror_factory()
+    old, new = tmp_path / "models" / TINY_COMMIT, tmp_path / "models" / DEV_COMMIT
+    assert fetch(run_module, old, server.url)["_rc"] == 0
+    (old / "tokenizer.json").write_text("{}")  # changed since: the manifest no longer matches, so not reused
+    check = fetch(run_module, new, server.url, revision="dev", reuse_from=[str(old), str(tmp_path / "nowhere")],
+                  check=True)
+    assert sorted(check["fetched"]) == ["README.md", "tokenizer.json"] and not new.exists()
+    before = len(requests_in(server.log()))
+    dev = fetch(run_module, new, server.url, revision="dev", reuse_from=[str(old), str(tmp_path / "nowhere")])
+    assert dev["_rc"] == 0 and dev["commit"] == DEV_COMMIT, dev.get("msg")
+    assert sorted(dev["fetched"]) == ["README.md", "tokenizer.json"]
+    actions = {f["path"]: f["action"] for f in dev["files"]}
+    assert actions[SHARD] == "linked" and actions["README.md"] == "fetched"
+    assert dev["bytes_linked"] == sum((old / path).stat().st_size for path, a in actions.items() if a == "linked")
+    assert (new / SHARD).stat().st_ino == (old / SHARD).stat().st_ino
+    files_sent = [r for r in requests_in(server.log())[before:] if "/resolve/" in r[1]]
+    assert sorted({r[1].rsplit("/", 1)[1] for r in files_sent}) == ["README.md", "tokenizer.json"]
+    assert run_module("model_verify", {"path": str(new)})["_rc"] == 0
+    again = fetch(run_module, new, server.url, revision="dev", reuse_from=[str(old)])
+    assert again["changed"] is False and again["fetched"] == []
+
+
 @pytest.mark.parametrize(("allow", "ignore", "expected"), [
     (["*.json"], [], {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
                       "tokenizer_config.json"}),

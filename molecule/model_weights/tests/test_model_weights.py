@@ -62,6 +62,14 @@ def model_size(host):
         "find /srv/incoming/v2 -type f -printf '%s\\n'").split())
 
 
+@pytest.fixture(scope="module")
+def changed_since_v1(host):
+    """v2's files whose bytes differ from v1's: all a node already running v1 needs to download."""
+    hub = other(host, "hub")
+    old, new = sha256s(hub, "/srv/incoming/v1"), sha256s(hub, "/srv/incoming/v2")
+    return {path: hub.file("/srv/incoming/v2/" + path).size for path, digest in new.items() if old.get(path) != digest}
+
+
 def test_current_points_at_the_new_revision(host):
     if name(host) == "hub":
         pytest.skip("the hub is upstream, it holds no deployment")
@@ -89,6 +97,16 @@ def test_current_holds_exactly_the_hubs_files(host):
     assert {f["path"]: f["sha256"] for f in recorded["files"]} == expected
     for path in expected:
         assert host.file("%s/%s/%s" % (ROOT, V2, path)).mode == 0o644
+
+
+def test_files_v1_already_had_were_linked_not_downloaded(host, changed_since_v1):
+    if name(host) == "hub":
+        pytest.skip("the hub is upstream")
+    same = sorted(set(sha256s(host, "%s/%s" % (ROOT, V2))) - set(changed_since_v1))
+    assert same and len(changed_since_v1) >= 3, "the two revisions should share some files and differ in others"
+    for path in same:
+        inodes = {host.check_output("stat -c %%i %s", "%s/%s/%s" % (ROOT, commit, path)) for commit in (V1, V2)}
+        assert len(inodes) == 1, path
 
 
 def test_nodes_fetched_from_the_mirror_and_the_seed_from_upstream(host):
@@ -144,19 +162,20 @@ def test_current_only_ever_held_verified_weights(host):
         assert cache[path]["sha256"] == digest and cache[path]["inode"] == inode, path
 
 
-def test_upstream_served_the_model_once_for_the_fleet_and_once_for_one_node(host, model_size):
+def test_upstream_served_the_model_once_for_the_fleet_and_once_for_one_node(host, model_size, changed_since_v1):
     if name(host) != "hub":
         pytest.skip("counted on the hub")
     fleet_files, fleet_all, fleet_listings = served(hub_lines(host, "prepared", "converged"))
     repair_files, _, _ = served(hub_lines(host, "converged", "repaired"))
     solo_files, solo_all, solo_listings = served(hub_lines(host, "repaired", "solo"))
-    report = {"model_bytes": model_size,
+    report = {"model_bytes": model_size, "changed_since_v1_bytes": sum(changed_since_v1.values()),
               "fleet_3_nodes": {"file_bytes": fleet_files, "all_bytes": fleet_all, "listing_requests": fleet_listings},
               "one_node_no_mirror": {"file_bytes": solo_files, "all_bytes": solo_all, "listing_requests": solo_listings},
               "repair_file_bytes": repair_files}
     out = os.path.join(os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."), ".cache", "model_weights-upstream-bytes.json")
     with open(out, "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=1)
-    assert fleet_files == model_size  # the seed alone, once: the nodes fetched from mirror1
+    # The seed alone, once, and only what v1 lacked: the nodes fetched from mirror1, the rest was linked.
+    assert fleet_files == sum(changed_since_v1.values())
     assert solo_files == model_size
     assert repair_files == 0  # node2's shard came from the mirror
