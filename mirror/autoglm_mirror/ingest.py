@@ -19,7 +19,9 @@ from typing import Any
 from .store import COMMIT, REF_NAME, StoreError, check_repo_id, check_repo_path, is_lfs
 
 CHUNK = 8 << 20
-SKIP_DIRS = {".git", ".cache"}  # git metadata and huggingface_hub's local_dir state are not content
+# Not content: git metadata, huggingface_hub's local_dir state, and autoglm.deploy's own (manifest, verify
+# cache, quarantine), so a deployed revision folder can be ingested as it is.
+SKIP_DIRS = {".git", ".cache", ".autoglm"}
 
 
 class IngestError(RuntimeError):

@@ -91,6 +91,16 @@ def test_link_mode_hard_links_instead_of_copying(tmp_path, src):
     assert placed.stat().st_ino == (src / "weights.safetensors").stat().st_ino
 
 
+def test_state_folders_are_not_content(tmp_path, src):
+    for state in (".git", ".cache/huggingface", ".autoglm/quarantine"):
+        (src / state).mkdir(parents=True)
+        (src / state / "x.json").write_text("{}")
+    data = tmp_path / "data"
+    assert ingest(str(data), "org/model", str(src), COMMIT, link=True)["files"] == 3
+    index = json.loads((data / "repos/org/model/snapshots" / (COMMIT + ".index.json")).read_text())
+    assert sorted(f["path"] for f in index["files"]) == ["config.json", "sub/notes.txt", "weights.safetensors"]
+
+
 @pytest.mark.parametrize("repo_id", ["model", "a/b/c", "../etc", "org/..", "org/.hidden", "org/na me", ""])
 def test_bad_repo_ids_are_refused(repo_id):
     with pytest.raises(StoreError):
