@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-queue", type=int, default=64, help="chat completions that may wait; more get 429")
     parser.add_argument("--max-batch", type=int, default=8,
                         help="waiting chat completions decoded together in one generate (1: one at a time)")
+    parser.add_argument("--batch-wait-ms", type=float, default=10,
+                        help="under concurrent load, how long a batch may wait for the clients of the last one")
     parser.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request gives none")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     engine = Engine(str(model), device=args.device, dtype=args.dtype, max_queue=args.max_queue,
-                    max_model_len=args.max_model_len, max_batch=args.max_batch)
+                    max_model_len=args.max_model_len, max_batch=args.max_batch,
+                    batch_wait=args.batch_wait_ms / 1000)
     server = Server((args.host, args.port), engine, args.served_model_name or model.resolve().name,
                     api_key=os.environ.get(API_KEY_ENV) or None, default_max_tokens=args.default_max_tokens)
     # Serve /health (503) while the model loads, so probes can tell "loading" from "down".

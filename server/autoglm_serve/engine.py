@@ -120,7 +120,7 @@ class Engine:
     """Loads the model in the background (health says 503 until it is ready) and runs the generation worker."""
 
     def __init__(self, model_path: str, device: str = "auto", dtype: str = "auto", max_queue: int = 64,
-                 max_model_len: int | None = None, max_batch: int = 8) -> None:
+                 max_model_len: int | None = None, max_batch: int = 8, batch_wait: float = 0.01) -> None:
         self.model_path = model_path
         self.device_name = device
         self.dtype_name = dtype
@@ -133,6 +133,8 @@ class Engine:
         self.device: Any = None
         self.max_queue = max_queue
         self.max_batch = max(1, max_batch)
+        self.batch_wait = batch_wait
+        self._last_batch_size = 1
         self._waiting: deque[Job] = deque()
         self._arrived = threading.Condition()
         # For /metrics: requests per batch = rate(batched_requests) / rate(batches).
@@ -204,8 +206,23 @@ class Engine:
             return None
         return ("sample", sampling.temperature, sampling.top_p)
 
+    def _take_alike(self, batch: list[Job], key: tuple) -> None:
+        """Move waiting requests with this key into batch, in arrival order, up to max_batch; drop cancelled ones."""
+        for job in list(self._waiting):
+            if len(batch) >= self.max_batch:
+                return
+            if job.cancelled.is_set() or self._batch_key(job.sampling) == key:
+                self._waiting.remove(job)
+                if not job.cancelled.is_set():
+                    batch.append(job)
+
     def _next_batch(self) -> list[Job]:
-        """The oldest waiting request and, in arrival order, up to max_batch - 1 others it can share a batch with."""
+        """The oldest waiting request and, in arrival order, up to max_batch - 1 others it can share a batch with.
+
+        Under concurrent load the clients of the batch just answered send their next requests a few ms apart;
+        starting at once would split them into a batch of one and a batch of the rest. So when the last batch
+        was bigger than this one, wait up to batch_wait seconds for as many as it had. A lone client never waits.
+        """
         with self._arrived:
             while True:
                 while not self._waiting:
@@ -215,13 +232,13 @@ class Engine:
                     break
             batch, key = [first], self._batch_key(first.sampling)
             if key is not None:
-                for job in list(self._waiting):
-                    if len(batch) >= self.max_batch:
-                        break
-                    if job.cancelled.is_set() or self._batch_key(job.sampling) == key:
-                        self._waiting.remove(job)
-                        if not job.cancelled.is_set():
-                            batch.append(job)
+                self._take_alike(batch, key)
+                expected = min(self.max_batch, self._last_batch_size)
+                deadline = time.monotonic() + self.batch_wait
+                while len(batch) < expected and time.monotonic() < deadline:
+                    self._arrived.wait(deadline - time.monotonic())
+                    self._take_alike(batch, key)
+            self._last_batch_size = len(batch)
             return batch
 
     def _worker(self) -> None:

@@ -2,7 +2,7 @@
 """Benchmark: the built-in server (server/autoglm_serve) vs calling `generate` directly, same model, same prompt.
 
     .venv/bin/python tools/bench/serve_overhead.py [--model DIR] [--max-tokens 64] [--repeat 20]
-        [--threads 1] [--concurrency 1 4 8] [--rounds 3] [--trials 3]
+        [--threads 1] [--concurrency 1 4 8] [--rounds 3] [--trials 3] [--server-arg=--max-batch=1 ...]
 
 Uses the tiny test model (tools/testmodel/build_test_model.py; built into a temporary folder unless
 --model is given), greedy decoding, one prompt rendered with the model's chat template.
@@ -120,7 +120,7 @@ def engine_call(engine: Engine, prompt_ids: list[int], max_tokens: int) -> int:
 def measure(model: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Every measurement with the server up but idle between its requests; the three ways are interleaved
     request by request, so load from elsewhere on the machine hits them alike."""
-    with ServeProcess(model, args=["--threads", str(args.threads), "--log-level", "warning"],
+    with ServeProcess(model, args=["--threads", str(args.threads), "--log-level", "warning", *args.server_arg],
                       log_path=work / "serve.log") as srv:
         srv.wait_healthy()
         direct = Direct(model, args.threads)
@@ -190,6 +190,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, on both sides")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--rounds", type=int, default=3, help="requests per client in the throughput runs")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra server argument, repeatable; e.g. --server-arg=--max-batch=1 for no batching")
     parser.add_argument("--trials", type=int, default=3, help="throughput runs per row; the best is printed")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,30 @@ def test_a_full_queue_refuses_more():
     engine.submit(job("b"))
     with pytest.raises(QueueFull):
         engine.submit(job("c"))
+
+
+def submit_later(engine, item, seconds=0.05):
+    timer = threading.Timer(seconds, engine.submit, args=(item,))
+    timer.start()
+    return timer
+
+
+def test_after_a_big_batch_the_worker_waits_briefly_for_the_rest_to_come_back():
+    engine = Engine("unused", max_batch=8, batch_wait=2.0)
+    for item in [job("a1"), job("a2"), job("a3")]:
+        engine.submit(item)
+    assert names(engine._next_batch()) == ["a1", "a2", "a3"]
+    engine.submit(job("b1"))
+    timers = [submit_later(engine, job("b2")), submit_later(engine, job("b3"), 0.1)]
+    assert names(engine._next_batch()) == ["b1", "b2", "b3"]  # as many as last time, well before 2 s
+    for timer in timers:
+        timer.join()
+
+
+def test_a_lone_client_never_waits():
+    engine = Engine("unused", max_batch=8, batch_wait=2.0)
+    engine.submit(job("a"))
+    timer = submit_later(engine, job("b"))
+    assert names(engine._next_batch()) == ["a"]
+    timer.join()
+    assert names(engine._next_batch()) == ["b"]
