@@ -37,6 +37,7 @@ _value:
 """
 
 _BARE = re.compile(r"[A-Za-z0-9_./:=,+@-]+")
+_NEEDS_ESCAPES = re.compile(r"['\\\x00-\x1f]")  # a single quote, a backslash or a control character
 _C_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
@@ -47,7 +48,7 @@ def _quote(arg) -> str:
     text = str(arg).replace("%", "%%").replace("$", "$$")
     if _BARE.fullmatch(text):
         return text
-    if not re.search(r"['\\\x00-\x1f]", text):
+    if not _NEEDS_ESCAPES.search(text):
         return "'%s'" % text
     return '"%s"' % "".join(_C_ESCAPES.get(ch, "\\x%02x" % ord(ch) if ord(ch) < 0x20 else ch) for ch in text)
 

@@ -661,6 +661,7 @@ class Fetcher:
         """{path: (file in another snapshot, its manifest entry)} for files to fetch that reuse_from already holds."""
         found = {}
         here = os.path.realpath(self.dest)
+        device = device_of(here)  # hard links stay on one filesystem; files elsewhere are downloaded
         for folder in self.params["reuse_from"]:
             root = os.path.realpath(folder)
             if root == here:
@@ -680,8 +681,7 @@ class Fetcher:
                     st = os.stat(source)
                 except OSError:
                     continue
-                # Hard links stay on one filesystem; elsewhere the file is downloaded.
-                if st.st_size == entry["size"] and st.st_dev == device_of(here):
+                if st.st_size == entry["size"] and st.st_dev == device:
                     found[path] = (source, entry)
         return found
 

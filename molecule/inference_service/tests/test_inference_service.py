@@ -142,6 +142,13 @@ def test_gpu_engine_units_carry_upstreams_flags(host, unit, upstream, tp_flag, t
     assert "DevicePolicy=closed" in unit_text
 
 
+def test_awkward_extra_args_reach_the_engine_unchanged(host):
+    if host.backend.get_hostname() != "node1":
+        pytest.skip("rendered on node1 only")
+    awkward = ["50% of $HOME", "it's", 'say "hi" \\ now', '{"a": [1, 2]}', "tab\there"]
+    assert exec_start(host, "autoglm-vllm")[-2 * len(awkward):] == [w for arg in awkward for w in ("--note", arg)]
+
+
 def test_builtin_unit_gets_no_gpu_devices(host):
     unit_text = host.file("/etc/systemd/system/%s.service" % UNIT).content_string
     assert "DeviceAllow=char-nvidia" not in unit_text
