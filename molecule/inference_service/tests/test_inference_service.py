@@ -27,7 +27,9 @@ def exec_start(host, unit):
         "org.freedesktop.systemd1.Manager LoadUnit s %s.service", unit))["data"][0]
     prop = json.loads(host.check_output(
         "busctl get-property --json=short org.freedesktop.systemd1 %s org.freedesktop.systemd1.Service ExecStart", path))
-    return prop["data"][0][1]
+    # Specifiers (%%) are resolved when the unit loads, variables ($$, $VAR) only when the command runs:
+    # D-Bus still shows "$$", which the process receives as "$" (the unit sets no variables in argv).
+    return [arg.replace("$$", "$") for arg in prop["data"][0][1]]
 
 
 def test_service_runs_under_its_own_user(host):
