@@ -47,7 +47,7 @@ run_playbook() {
   python3 "$REPO_ROOT/tools/lab/run_playbook.py" "$@"
 }
 
-run_site() { run_playbook site.yml -i inventories/lab "$@"; }
+run_site() { ensure_lab_pki; run_playbook site.yml -i inventories/lab "$@"; }
 
 publish_upstream() {
   log "lab-hub publishes the tiny test model (stand-in for huggingface.co)"
@@ -55,12 +55,12 @@ publish_upstream() {
 }
 
 case "${1:-demo}" in
-  up) need_root; ensure_tool_venv; ensure_docker; ensure_node_image; lab_up ;;
+  up) need_root; ensure_tool_venv; ensure_docker; ensure_node_image; ensure_lab_pki; lab_up ;;
   down) ensure_docker; lab_down ;;
   status) docker ps -a --filter "name=lab-" --format '{{.Names}}\t{{.Status}}' ;;
   site) shift; run_site "$@" ;;
   demo)
-    need_root; ensure_tool_venv; ensure_docker; ensure_node_image; lab_up
+    need_root; ensure_tool_venv; ensure_docker; ensure_node_image; ensure_lab_pki; lab_up
     publish_upstream
     log "ansible-playbook site.yml -i inventories/lab"
     run_site

@@ -6,6 +6,7 @@ source "$(dirname "$0")/lab/lib.sh"
 scenario="${1:?usage: tools/molecule.sh SCENARIO [ACTION]}"
 action="${2:-test}"
 activate_tools
+ensure_lab_pki
 export NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
 cd "$REPO_ROOT"
 exec flock /var/lock/autoglm-molecule.lock molecule "$action" -s "$scenario"

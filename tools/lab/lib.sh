@@ -6,6 +6,10 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TOOL_VENV="${AUTOGLM_TOOL_VENV:-$REPO_ROOT/.venv}"
 NODE_IMAGE_RECIPE="$REPO_ROOT/tools/lab/node-image.sh"
 LAB_CACHE="${AUTOGLM_LAB_CACHE:-/var/cache/autoglm-lab}"
+# The lab's own certificate authority: inventories/lab reads it from here (molecule too, via the variable).
+export AUTOGLM_LAB_PKI="${AUTOGLM_LAB_PKI:-$REPO_ROOT/.cache/lab/pki}"
+# Names the lab's TLS services answer to: the lab's and molecule's mirror and hub stand-ins.
+LAB_TLS_NAMES="lab-mirror mirror1 lab-hub hub localhost"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -78,4 +82,34 @@ ensure_node_image() {
 activate_tools() {
   export PATH="$TOOL_VENV/bin:$PATH"
   export ANSIBLE_CONFIG="$REPO_ROOT/ansible.cfg"
+}
+
+ensure_lab_pki() {
+  # A CA of the lab's own and one server certificate for its TLS services (the mirror and the hub
+  # stand-in), so no token crosses the lab network in clear. Made once; remade when it nears expiry
+  # or when the names it must cover change.
+  local dir="$AUTOGLM_LAB_PKI" san="IP:127.0.0.1"
+  for name in $LAB_TLS_NAMES; do san="$san,DNS:$name"; done
+  if [ -f "$dir/server.pem" ] && [ "$(cat "$dir/names" 2>/dev/null)" = "$san" ] \
+      && openssl x509 -checkend 2592000 -noout -in "$dir/server.pem" >/dev/null 2>&1; then
+    return 0
+  fi
+  command -v openssl >/dev/null || apt_install openssl
+  log "Issuing the lab's CA and server certificate ($dir)"
+  rm -rf "$dir"; mkdir -p "$dir"; chmod 0700 "$dir"
+  (
+    cd "$dir"; umask 077
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=autoglm lab CA" -keyout ca.key -out ca.pem \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=lab-mirror" \
+      -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' \
+      "$san" > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+      -extfile server.ext -out server.pem 2>/dev/null
+    rm -f server.csr server.ext ca.srl
+    chmod 0644 ca.pem server.pem
+    echo "$san" > names
+  )
 }
