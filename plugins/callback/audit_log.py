@@ -413,10 +413,18 @@ class CallbackModule(CallbackBase):
         if key_file:
             return read_key_file(os.path.expanduser(key_file), self._display.warning)
         key_file = default_key_file(self.path)
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        if not os.path.lexists(key_file):
+            # Written aside, then linked into place: a concurrent first run never reads a half-written key.
+            temporary = "%s.%d.tmp" % (key_file, os.getpid())
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_hex(32) + "\n")
+            try:
+                os.link(temporary, key_file)
+            except FileExistsError:
+                return read_key_file(key_file, self._display.warning)
+            finally:
+                os.unlink(temporary)
             self._display.warning("audit_log: no key configured; generated %s (mode 0600). Whoever can read it can "
                                   "rewrite the log undetected: set key or key_file to a key kept elsewhere." % key_file)
         return read_key_file(key_file, self._display.warning)
