@@ -39,10 +39,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="under concurrent load, how long a batch may wait for the clients of the last one")
     parser.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request gives none")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--max-body-bytes", type=int, default=0,
+                        help="largest chat request body; more gets 413 (default: 64 KiB + 64 bytes per context token)")
+    parser.add_argument("--max-connections", type=int, default=256,
+                        help="client connections open at once; more get a fast 503 with Retry-After (default %(default)s)")
+    parser.add_argument("--backlog", type=int, default=1024,
+                        help="listen backlog: connections the kernel queues before they are accepted (default %(default)s)")
+    parser.add_argument("--idle-timeout", type=float, default=30,
+                        help="seconds a connection may stay silent (keep-alive, or mid-request) before it is closed")
+    parser.add_argument("--request-timeout", type=float, default=30,
+                        help="seconds from a request's first byte to its last header and body byte; then 408")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     args = parser.parse_args(argv)
-    for name in ("max_batch", "max_queue"):
+    if args.max_body_bytes < 0:
+        parser.error("--max-body-bytes must be 0 (from the context) or more, got %d" % args.max_body_bytes)
+    for name in ("idle_timeout", "request_timeout"):
+        if not getattr(args, name) > 0:
+            parser.error("--%s must be more than 0 seconds" % name.replace("_", "-"))
+    for name in ("max_batch", "max_queue", "max_connections", "backlog"):
         if getattr(args, name) < 1:
             parser.error("--%s must be 1 or more, got %d" % (name.replace("_", "-"), getattr(args, name)))
     return args
@@ -69,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                     max_model_len=args.max_model_len, max_batch=args.max_batch,
                     batch_wait=args.batch_wait_ms / 1000)
     server = Server((args.host, args.port), engine, args.served_model_name or model.resolve().name,
-                    api_key=os.environ.get(API_KEY_ENV) or None, default_max_tokens=args.default_max_tokens)
+                    api_key=os.environ.get(API_KEY_ENV) or None, default_max_tokens=args.default_max_tokens,
+                    max_body_bytes=args.max_body_bytes or None, idle_timeout=args.idle_timeout,
+                    request_timeout=args.request_timeout, max_connections=args.max_connections, backlog=args.backlog)
     # Serve /health (503) while the model loads, so probes can tell "loading" from "down".
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     LOG.info("listening on %s:%d (model %s, API key %s)", args.host, args.port, server.served_model_name,

@@ -6,29 +6,48 @@ guards /v1/* only (probes and Prometheus scrape /health and /metrics without it,
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
+import http.client
+import io
 import json
 import logging
+import math
+import queue
+import re
+import select
 import socket
+import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .engine import Engine, Job, QueueFull, Sampling
+from .connection import Linger, RequestReader
+from .engine import Engine, Job, PromptTooLong, QueueFull, Sampling
 from .metrics import Registry
 
 LOG = logging.getLogger("autoglm_serve")
-MAX_BODY = 32 * 1024 * 1024
+# The body limit by default: what a full context could take as JSON, generously (a token is a few characters
+# on average; JSON escapes take up to 6 bytes a character), plus room for the request's structure.
+BODY_BYTES_PER_TOKEN = 64
+BODY_BASE_BYTES = 64 * 1024
+HEAD_LIMIT = 64 * 1024 + io.DEFAULT_BUFFER_SIZE  # request line and headers (plus one read-ahead buffer)
+DISCARD_LIMIT = 1 << 20  # a refused body up to this size is read and dropped so the connection can stay open
+RESULT_POLL_SECONDS = 0.2  # how often a waiting non-streaming request checks that its client is still there
+SEED_RANGE = range(-(1 << 63), 1 << 64)  # what torch.manual_seed accepts
+DIGITS = re.compile(r"[0-9]+")
 ROLES = ("system", "user", "assistant", "tool", "developer")
 ENDPOINTS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions")
 
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None, close: bool = False,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.close, self.headers = close, headers or {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -49,7 +68,19 @@ def new_registry() -> Registry:
                      "Chat completions in those batches (divide by batches for the mean batch size).")
     registry.declare("autoglm_serve_gpu_memory_allocated_bytes", "gauge", "CUDA memory allocated by tensors, per GPU.")
     registry.declare("autoglm_serve_gpu_memory_reserved_bytes", "gauge", "CUDA memory reserved by the allocator, per GPU.")
+    registry.declare("autoglm_serve_connections", "gauge", "Client connections open (at most --max-connections).")
+    registry.declare("autoglm_serve_connections_refused_total", "counter",
+                     "Connections answered 503 at once because --max-connections were open.")
     return registry
+
+
+def busy_response() -> bytes:
+    """The whole answer to a connection over --max-connections, sent without reading its request."""
+    body = json.dumps(ApiError(503, "too many connections; retry later", type_="server_error",
+                               code="too_many_connections").body()).encode()
+    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            "Retry-After: 1\r\nConnection: close\r\n\r\n" % len(body))
+    return head.encode() + body
 
 
 class Server(ThreadingHTTPServer):
@@ -57,20 +88,61 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], engine: Engine, served_model_name: str,
-                 api_key: str | None = None, default_max_tokens: int = 512) -> None:
+                 api_key: str | None = None, default_max_tokens: int = 512, max_body_bytes: int | None = None,
+                 idle_timeout: float = 30.0, request_timeout: float = 30.0, max_connections: int = 256,
+                 backlog: int = 1024) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, Handler)
+        # The listen backlog: connections the kernel holds until accept(); the standard library's 5 turns a burst
+        # of clients into resets instead of answers.
+        self.request_queue_size = backlog
         self.engine = engine
         self.served_model_name = served_model_name
         self.api_key = api_key or None
         self.default_max_tokens = default_max_tokens
+        self.max_body_bytes = max_body_bytes
+        self.idle_timeout, self.request_timeout = idle_timeout, request_timeout
+        self.max_connections = max_connections
         self.started = int(time.time())
         self.metrics = new_registry()
         self.metrics.add_callback(self._sampled)
+        self.linger = Linger()
+        self._busy = busy_response()
+        self._open = 0
+        self._open_lock = threading.Lock()
+        super().__init__(address, Handler)
+
+    def max_body(self) -> int:
+        """Bytes a chat request may send: --max-body-bytes, or what the model's context can hold."""
+        if self.max_body_bytes:
+            return self.max_body_bytes
+        return BODY_BASE_BYTES + BODY_BYTES_PER_TOKEN * int(self.engine.max_model_len or 4096)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            admitted = self._open < self.max_connections
+            self._open += admitted
+        if admitted:
+            super().process_request(request, client_address)  # a thread for the connection
+            return
+        # Over the cap: a fast 503 from the accept thread, no thread, then a graceful close.
+        self.metrics.inc("autoglm_serve_connections_refused_total")
+        try:
+            request.setblocking(False)
+            request.send(self._busy)
+        except OSError:
+            pass
+        self.linger.close(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        """End of an admitted connection (its thread is done)."""
+        with self._open_lock:
+            self._open -= 1
+        self.linger.close(request)
 
     def _sampled(self) -> list[tuple[str, dict[str, str], float]]:
         samples = [("autoglm_serve_model_loaded", {}, 1.0 if self.engine.ready.is_set() else 0.0),
+                   ("autoglm_serve_connections", {}, float(self._open)),
                    ("autoglm_serve_queue_depth", {}, float(self.engine.queue_depth())),
                    ("autoglm_serve_batches_total", {}, float(self.engine.batches)),
                    ("autoglm_serve_batched_requests_total", {}, float(self.engine.batched_requests))]
@@ -107,7 +179,8 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value > high or value < low or (low_open and value == low):
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value > high
+            or value < low or (low_open and value == low)):
         raise ApiError(400, "%s must be a number in %s%s, %s]; got %r" % (name, "(" if low_open else "[", low, high, value), param=name)
     return float(value)
 
@@ -127,7 +200,14 @@ def parse_chat_request(body: Any, served_model_name: str) -> tuple[list[dict[str
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise ApiError(400, "messages[%d] needs a role, one of %s" % (i, ", ".join(ROLES)), param="messages[%d].role" % i)
-        chat.append({"role": message["role"], "content": _text_of(message.get("content"), i)})
+        text = _text_of(message.get("content"), i)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate from a JSON \ud800 escape: no tokenizer takes it
+                raise ApiError(400, "messages[%d].content is not valid Unicode: %s" % (i, exc.reason),
+                               param="messages[%d].content" % i) from exc
+        chat.append({"role": message["role"], "content": text})
     n = body.get("n", 1)
     if n != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
@@ -144,8 +224,8 @@ def parse_chat_request(body: Any, served_model_name: str) -> tuple[list[dict[str
     else:
         raise ApiError(400, "stop must be a string or a list of up to 4 strings", param="stop")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, "seed must be an integer", param="seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed not in SEED_RANGE):
+        raise ApiError(400, "seed must be an integer in [-2**63, 2**64 - 1]", param="seed")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be true or false", param="stream")
@@ -161,37 +241,149 @@ def parse_chat_request(body: Any, served_model_name: str) -> tuple[list[dict[str
     }
 
 
+def _path_of_nonfinite(value: Any) -> str | None:
+    """Where the first NaN/infinity is, as a param name (temperature, messages[0].content); walked without recursion."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path or "body"
+        if isinstance(item, dict):
+            stack.extend(("%s.%s" % (path, key) if path else str(key), child) for key, child in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend(("%s[%d]" % (path, i), child) for i, child in reversed(list(enumerate(item))))
+    return None
+
+
+def parse_json(raw: bytes) -> Any:
+    """The request body as JSON; 400 for what json.loads accepts but JSON is not (NaN, Infinity, 1e999) or too deep."""
+    nonfinite = []
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            nonfinite.append(text)
+        return value
+
+    try:
+        body = json.loads(raw, parse_constant=number, parse_float=number)
+    except RecursionError as exc:
+        raise ApiError(400, "the request body is nested too deeply", code="invalid_json") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "the request body is not valid JSON: %s" % exc, code="invalid_json") from exc
+    if nonfinite:
+        place = _path_of_nonfinite(body)
+        raise ApiError(400, "%s is %s, not a finite number (NaN and infinities are not JSON)" % (place, nonfinite[0]),
+                       param=place)
+    return body
+
+
+class ClientGone(ConnectionAbortedError):
+    """The client closed its connection before its answer was ready."""
+
+
 class Handler(BaseHTTPRequestHandler):
+    """One connection. Framing rule: a request's declared body leaves the socket (read, or dropped when small)
+    before it is answered; what cannot be framed is refused and the connection closed."""
+
     server: Server
     protocol_version = "HTTP/1.1"
     server_version = "autoglm-serve"
 
     # Plumbing -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the standard library's rfile has no deadlines; ours wraps the same socket
+        self.connection.settimeout(self.server.idle_timeout)
+        self.reader = RequestReader(self.connection, self.server.idle_timeout, self.server.request_timeout, HEAD_LIMIT)
+        self.rfile = io.BufferedReader(self.reader)
+
     def log_message(self, format: str, *args: Any) -> None:
-        # Request line and status only: headers (Authorization) are never logged.
-        LOG.info("%s %s", self.address_string(), format % args)
+        # Request line and status only: headers (Authorization) are never logged; control characters escaped.
+        LOG.info("%s %s", self.address_string(), (format % args).encode("unicode_escape").decode("ascii"))
+
+    def handle_one_request(self) -> None:
+        """One request, with the standard library's method dispatch replaced by _dispatch (JSON for every method)."""
+        self.reader.begin_request()
+        self.path, self.command, self.raw_requestline, self._unread, self._expect_continue = "", None, b"", 0, False
+        self._t0, self._counted, self._responded = time.monotonic(), False, False
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.requestline = self.request_version = ""
+                self.send_error(414)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            self._t0 = time.monotonic()
+            if not self.parse_request():
+                return
+            self.reader.end_head()
+            self._dispatch()
+            self.wfile.flush()
+        except http.client.HTTPException as exc:  # the head over HEAD_LIMIT while reading the request line
+            self.send_error(431, explain=str(exc))
+        except socket.timeout as exc:
+            self.close_connection = True
+            if self.reader.started and not self._responded:
+                LOG.info("%s request timed out: %s", self.address_string(), exc)
+                self._answer_quietly(408, "the request did not arrive within %g s" % self.server.request_timeout)
+        except OSError as exc:  # reset, broken pipe, a body cut short: one line, no traceback
+            self.close_connection = True
+            LOG.info("%s connection lost: %s", self.address_string(), exc or type(exc).__name__)
+            if self.raw_requestline and not self._counted:
+                self._count(499)
+
+    def _answer_quietly(self, status: int, message: str) -> None:
+        with contextlib.suppress(OSError):
+            self.send_error(status, explain=message)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's errors (bad request line, headers too large) in OpenAI's JSON, then close."""
+        self.close_connection = True
+        self._unread = 0
+        text = explain or message or self.responses.get(code, ("error",))[0]
+        self._json(code, ApiError(code, text, code="bad_request" if code == 400 else None).body())
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._responded = True
+        super().send_response(code, message)
+
+    def handle_expect_100(self) -> bool:
+        # "100 Continue" only once a route wants the body (_read_body); a refusal answers at once instead.
+        self._expect_continue = True
+        return True
 
     def _endpoint(self) -> str:
         path = self.path.split("?", 1)[0]
         return path if path in ENDPOINTS else "other"
 
     def _count(self, status: int) -> None:
+        self._counted = True
         endpoint = self._endpoint()
         self.server.metrics.inc("autoglm_serve_requests_total", endpoint=endpoint, status=str(status))
         self.server.metrics.observe("autoglm_serve_request_duration_seconds", time.monotonic() - self._t0, endpoint=endpoint)
 
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def _send(self, status: int, body: bytes, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        self._settle_body()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         if status == 401:
             self.send_header("WWW-Authenticate", "Bearer")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
         self._count(status)
 
-    def _json(self, status: int, payload: Any) -> None:
-        self._send(status, json.dumps(payload).encode())
+    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), headers=headers)
 
     def _authorized(self) -> bool:
         key = self.server.api_key
@@ -201,45 +393,94 @@ class Handler(BaseHTTPRequestHandler):
         given = header[7:] if header[:7].lower() == "bearer " else ""
         return hmac.compare_digest(given.encode(), key.encode())
 
-    def _read_body(self) -> Any:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError as exc:
-            raise ApiError(400, "bad Content-Length header") from exc
-        if length > MAX_BODY:
-            raise ApiError(413, "request body over %d bytes" % MAX_BODY)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "the request body is not valid JSON: %s" % exc, code="invalid_json") from exc
+    # Framing --------------------------------------------------------------------------------------
+    def _frame(self) -> int:
+        """The body length the request declares; what cannot be framed is refused, and the connection closed."""
+        if "Transfer-Encoding" in self.headers:
+            raise ApiError(411, "Transfer-Encoding is not supported: send the body with a Content-Length",
+                           code="length_required", close=True)
+        values = {v.strip() for header in self.headers.get_all("Content-Length", []) for v in header.split(",")}
+        if not values:
+            return 0
+        if len(values) > 1 or not all(DIGITS.fullmatch(v) for v in values):
+            raise ApiError(400, "bad Content-Length header: %s" % ", ".join(sorted(values))[:100],
+                           code="bad_content_length", close=True)
+        digits = values.pop().lstrip("0") or "0"
+        return int(digits) if len(digits) <= 18 else 1 << 62  # longer is past any limit (and int() refuses 4300+)
 
-    def _dispatch(self, method: str) -> None:
-        self._t0 = time.monotonic()
-        path = self.path.split("?", 1)[0]
+    def _settle_body(self) -> None:
+        """Before answering: drop a declared body not read yet, or close when it is too big to drop (or the
+        client waits for 100 Continue and may never send it)."""
+        if self._unread:
+            if self._unread <= DISCARD_LIMIT and not self._expect_continue:
+                while self._unread:
+                    got = len(self.rfile.read(min(self._unread, 65536)))
+                    if not got:
+                        raise ClientGone("the body ended early")
+                    self._unread -= got
+            else:
+                self.close_connection = True
+                self._unread = 0
+        self.reader.end_request()
+
+    def _read_body(self) -> Any:
+        """The one body reader: at most max_body() bytes, within the request deadline, then parsed as JSON."""
+        limit = self.server.max_body()
+        if self._unread > limit:
+            raise ApiError(413, "the request body is %d bytes; this server takes at most %d (the context holds %s tokens)"
+                           % (self._unread, limit, self.server.engine.max_model_len), code="request_too_large")
+        if self._expect_continue and self._unread:
+            self.send_response_only(100)
+            self.end_headers()
+            self._expect_continue = False
+        raw = self.rfile.read(self._unread) if self._unread else b""
+        if len(raw) < self._unread:
+            raise ClientGone("the body ended after %d of %d bytes" % (len(raw), self._unread))
+        self._unread = 0
+        self.reader.end_request()
+        return parse_json(raw)
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its side (EOF or reset) while it waits for an answer."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _dispatch(self) -> None:
+        method, path = self.command, self.path.split("?", 1)[0]
         routes = {("GET", "/health"): self._health, ("GET", "/metrics"): self._metrics,
                   ("GET", "/v1/models"): self._models, ("POST", "/v1/chat/completions"): self._chat}
         try:
-            route = routes.get((method, path))
+            self._unread = self._frame()
+            if not self._unread:
+                self.reader.end_request()
+            # HEAD is GET without the body (_send leaves it out).
+            route = routes.get(("GET" if method == "HEAD" else method, path))
             if route is None:
-                known = any(p == path for (_, p) in routes)
-                raise ApiError(405 if known else 404, "%s %s is not served here" % (method, path),
-                               code="method_not_allowed" if known else "not_found")
+                allowed = sorted(m for (m, p) in routes if p == path)
+                if allowed:
+                    allow = ", ".join(allowed + (["HEAD"] if "GET" in allowed else []))
+                    raise ApiError(405, "%s %s is not served here" % (method, path), code="method_not_allowed",
+                                   headers={"Allow": allow})
+                raise ApiError(404, "%s %s is not served here" % (method, path), code="not_found")
             if path.startswith("/v1/") and not self._authorized():
                 raise ApiError(401, "missing or incorrect API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
             route()
         except ApiError as err:
-            # A body too large to read leaves bytes on the socket: close rather than parse them as a request.
-            self.close_connection = self.close_connection or err.status == 413
-            self._json(err.status, err.body())
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
+            self.close_connection = self.close_connection or err.close
+            if err.close:
+                self._unread = 0
+            self._json(err.status, err.body(), err.headers)
+        except OSError:
+            raise
+        except Exception:  # a bug: one traceback in the log, a JSON 500 to the client
+            LOG.exception("%s %s failed", method, path)
+            if not self._responded:
+                self.close_connection = True
+                self._unread = 0
+                self._json(500, ApiError(500, "internal error", type_="server_error").body())
 
     # Routes ---------------------------------------------------------------------------------------
     def _health(self) -> None:
@@ -259,20 +500,25 @@ class Handler(BaseHTTPRequestHandler):
 
     def _chat(self) -> None:
         engine = self.server.engine
-        body = self._read_body()
-        messages, opts = parse_chat_request(body, self.server.served_model_name)
         if not engine.ready.is_set():
             raise ApiError(503, "the model is still loading; retry when /health answers 200",
-                           type_="server_error", code="model_loading")
-        prompt = engine.render_prompt(messages)
-        room = int(engine.max_model_len or 0) - len(prompt)
+                           type_="server_error", code="model_loading", headers={"Retry-After": "5"})
+        body = self._read_body()
+        messages, opts = parse_chat_request(body, self.server.served_model_name)
+        context = int(engine.max_model_len or 0)
+        try:
+            prompt = engine.render_prompt(messages, limit=context)
+        except PromptTooLong as exc:
+            raise ApiError(400, "the prompt is more than %d tokens; this model's context is %d tokens" % (exc.at_least, context),
+                           param="messages", code="context_length_exceeded") from exc
+        room = context - len(prompt)
         if room < 1:
-            raise ApiError(400, "the prompt is %d tokens; this model's context is %d tokens" % (len(prompt), engine.max_model_len),
+            raise ApiError(400, "the prompt is %d tokens; this model's context is %d tokens" % (len(prompt), context),
                            param="messages", code="context_length_exceeded")
         wanted = opts["max_tokens"] or self.server.default_max_tokens
         if opts["max_tokens"] and opts["max_tokens"] > room:
             raise ApiError(400, "max_tokens %d plus the %d-token prompt exceed the %d-token context"
-                           % (opts["max_tokens"], len(prompt), engine.max_model_len), param="max_tokens",
+                           % (opts["max_tokens"], len(prompt), context), param="max_tokens",
                            code="context_length_exceeded")
         sampling = Sampling(max_tokens=min(wanted, room), temperature=opts["temperature"], top_p=opts["top_p"],
                             stop=opts["stop"], seed=opts["seed"])
@@ -280,7 +526,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             engine.submit(job)
         except QueueFull as exc:
-            raise ApiError(429, "the generation queue is full; retry later", type_="rate_limit_error", code="queue_full") from exc
+            raise ApiError(429, "the generation queue is full; retry later", type_="rate_limit_error", code="queue_full",
+                           headers={"Retry-After": "1"}) from exc
         meta = {"id": "chatcmpl-%s" % uuid.uuid4().hex, "created": int(time.time()), "model": self.server.served_model_name}
         if opts["stream"]:
             self._stream(job, meta, opts["include_usage"])
@@ -294,10 +541,22 @@ class Handler(BaseHTTPRequestHandler):
         if job.started_at is not None:
             metrics.observe("autoglm_serve_queue_wait_seconds", job.started_at - job.enqueued_at)
 
+    def _result(self, job: Job) -> tuple[str, Any]:
+        """Wait for a non-streaming job's end; if the client leaves meanwhile, cancel the job (the worker skips it
+        while queued, or closes its row at the next token) and give up."""
+        while True:
+            try:
+                kind, value = job.events.get(timeout=RESULT_POLL_SECONDS)
+            except queue.Empty:
+                if self._client_gone():
+                    job.cancelled.set()
+                    raise ClientGone("the client left before its answer was ready") from None
+                continue
+            if kind != "delta":
+                return kind, value
+
     def _complete(self, job: Job, meta: dict[str, Any]) -> None:
-        kind, value = job.events.get()
-        while kind == "delta":
-            kind, value = job.events.get()
+        kind, value = self._result(job)
         if kind == "error":
             raise ApiError(500, "generation failed: %s" % value, type_="server_error", code="generation_failed")
         self._finished(job, value)
@@ -308,6 +567,7 @@ class Handler(BaseHTTPRequestHandler):
                    "total_tokens": value.prompt_tokens + value.completion_tokens}))
 
     def _stream(self, job: Job, meta: dict[str, Any], include_usage: bool) -> None:
+        self._settle_body()
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -344,10 +604,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
                 break
-        except (BrokenPipeError, ConnectionResetError):
-            # The client went away: stop generating for it.
+        except OSError as exc:
+            # The client went away (or stopped reading for --idle-timeout): stop generating for it.
             job.cancelled.set()
             status = 499
+            self.close_connection = True
+            LOG.info("%s stream ended early: %s", self.address_string(), exc or type(exc).__name__)
         finally:
             self._count(status)
 

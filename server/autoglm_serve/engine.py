@@ -20,8 +20,22 @@ from typing import Any, Sequence
 LOG = logging.getLogger("autoglm_serve")
 
 
+# Characters tokenized at a time while counting a long prompt. Its length in characters says nothing sure about
+# its length in tokens (a token can be one byte of an emoji or a dozen characters), so a long prompt is counted
+# in pieces, stopping once it is surely over the context, instead of being tokenized whole first.
+COUNT_CHUNK = 4096
+
+
 class QueueFull(Exception):
     """The generation queue holds --max-queue requests already."""
+
+
+class PromptTooLong(Exception):
+    """The prompt is surely longer than the context: counted past twice its size, piece by piece."""
+
+    def __init__(self, at_least: int) -> None:
+        super().__init__("the prompt is more than %d tokens" % at_least)
+        self.at_least = at_least
 
 
 @dataclass
@@ -173,10 +187,32 @@ class Engine:
         LOG.info("model %s loaded on %s (%s) in %.1f s", self.model_path, self.device, dtype, self.load_seconds)
 
     # Requests ------------------------------------------------------------------------------------
-    def render_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+    def render_prompt(self, messages: list[dict[str, str]], limit: int | None = None) -> list[int]:
+        """The prompt's token ids; PromptTooLong, without tokenizing it whole, when it is far over `limit` tokens."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if limit is not None and len(text) > COUNT_CHUNK:
+            counted = self._count_tokens(text, stop_over=2 * limit)
+            if counted > 2 * limit:
+                raise PromptTooLong(counted)
         # The template already carries any BOS it wants.
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _count_tokens(self, text: str, stop_over: int) -> int:
+        """Tokens of text counted COUNT_CHUNK characters at a time, stopping once over stop_over.
+
+        Pieces end before a space where there is one, so the sum is close to the whole text's count; a piece
+        boundary can still add or save a token, so the caller trusts it only to say "far over" (twice the
+        limit) and tokenizes anything closer whole. Work and memory stay bounded by stop_over, not by the text.
+        """
+        count, start = 0, 0
+        while start < len(text) and count <= stop_over:
+            end = start + COUNT_CHUNK
+            if end < len(text):
+                space = text.rfind(" ", start + COUNT_CHUNK // 2, end)
+                end = space if space > start else end
+            count += len(self.tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
+            start = end
+        return count
 
     def submit(self, job: Job) -> None:
         with self._arrived:

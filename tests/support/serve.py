@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -111,3 +112,83 @@ class ServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class RawConnection:
+    """One HTTP/1.1 connection written byte by byte, for what http.client will not send (bad framing, pipelining,
+    a slow trickle) and to see whether the server keeps the connection open afterwards."""
+
+    def __init__(self, base: str, timeout: float = 20) -> None:
+        parts = urlsplit(base)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        self._buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self._buffer += chunk
+        return bool(chunk)
+
+    def response(self, head_only: bool = False) -> tuple[int, dict, bytes]:
+        """The next response: status, headers (lower-case names), body (by Content-Length; none for head_only)."""
+        while b"\r\n\r\n" not in self._buffer:
+            if not self._fill():
+                raise ConnectionError("the server closed the connection before a response: %r" % self._buffer)
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("iso-8859-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = 0 if head_only or status == 100 else int(headers.get("content-length", 0))
+        while len(self._buffer) < length:
+            if not self._fill():
+                raise ConnectionError("the body ended early")
+        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        return status, headers, body
+
+    def closed_by_server(self) -> bool:
+        """True when the server has closed its side (EOF or reset) and sent nothing more."""
+        try:
+            return not self._buffer and not self._fill()
+        except ConnectionResetError:
+            return True
+
+    def reset(self) -> None:
+        """Close with a TCP reset, as a client that crashed or was killed."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def chat_request(payload: Any, headers: dict | None = None, path: str = "/v1/chat/completions",
+                 method: str = "POST") -> bytes:
+    """The bytes of one request with a JSON (or given raw) body and a right Content-Length."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    head = "%s %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % (method, path, len(body))
+    head += "".join("%s: %s\r\n" % item for item in (headers or {}).items())
+    return head.encode() + b"\r\n" + body
+
+
+def peak_rss_reset(pid: int) -> bool:
+    """Reset a process's peak RSS (VmHWM) to its current RSS; False where the kernel does not allow it."""
+    try:
+        Path("/proc/%d/clear_refs" % pid).write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_kib(pid: int) -> dict:
+    """VmRSS and VmHWM (peak) of a process, in KiB."""
+    fields = {}
+    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields
