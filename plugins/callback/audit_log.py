@@ -121,11 +121,18 @@ from datetime import datetime, timezone
 
 try:
     from ansible.errors import AnsibleError
-    from ansible.parsing.vault import VaultHelper
     from ansible.plugins.callback import CallbackBase
     from ansible.template import Templar
 except ImportError:  # the verifier runs wherever the log is copied to, Ansible or not
     AnsibleError, CallbackBase = RuntimeError, object
+try:
+    from ansible.parsing.vault import VaultHelper
+
+    def _is_vaulted(value) -> bool:
+        return VaultHelper.get_ciphertext(value, with_tags=False) is not None
+except ImportError:  # ansible-core before 2.19: vaulted values are AnsibleVaultEncryptedUnicode
+    def _is_vaulted(value) -> bool:
+        return bool(getattr(value, "__ENCRYPTED__", False))
 
 MESSAGE_LIMIT = 500
 VALUE_LIMIT = 200
@@ -331,7 +338,7 @@ def _secret_values(variables: dict, templar) -> set:
 
     def walk(name: str, value, depth: int) -> None:
         with contextlib.suppress(Exception):  # an undecryptable or broken variable is simply not known
-            if VaultHelper.get_ciphertext(value, with_tags=False) is not None:
+            if _is_vaulted(value):
                 found.add(str(value))
                 return
             if isinstance(value, dict) and depth < 4:

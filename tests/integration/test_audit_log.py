@@ -253,3 +253,21 @@ def test_concurrent_runs_keep_one_chain(tmp_path):
     assert [record.get("seq") for record in records] == list(range(1, len(records) + 1))
     proc = verify(tmp_path / "audit.jsonl")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_vaulted_values_are_cut_from_names_whatever_the_variable_is_called(tmp_path, monkeypatch):
+    plaintext = "vaulted-conn-string-4242"
+    password = tmp_path / "vault-pass"
+    password.write_text("vault-test-password\n")
+    encrypted = subprocess.run(["ansible-vault", "encrypt_string", "--vault-password-file", str(password), plaintext,
+                                "--name", "db_conn"], capture_output=True, text=True, check=True).stdout
+    playbook = tmp_path / "vaulted.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  vars:\n    %s\n  tasks:\n"
+                        "    - name: \"Connect with {{ db_conn }}\"\n      ansible.builtin.debug:\n        msg: ok\n"
+                        % encrypted.strip().replace("\n", "\n    "))
+    monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", str(password))
+    monkeypatch.setenv("AUTOGLM_AUDIT_KEY", KEY)
+    rc, _, output = run_local_playbook(playbook, tmp_path)
+    assert rc == 0, output
+    text = (tmp_path / "audit.jsonl").read_text()
+    assert plaintext not in text and "Connect with <redacted>" in text
