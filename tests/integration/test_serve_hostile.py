@@ -148,6 +148,30 @@ def test_a_body_that_cannot_be_framed_is_refused_and_the_connection_closed(serve
         conn.close()
 
 
+def test_a_small_refused_body_is_dropped_and_the_connection_kept(server):
+    """Over the body limit (96 KiB here) but small enough to drop: 413, then the next request on the same connection."""
+    conn = RawConnection(server.base)
+    try:
+        big = json.dumps(dict(CHAT, messages=[{"role": "user", "content": "x" * 200_000}])).encode()
+        conn.send(chat_request(big, AUTH) + b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        status, head, raw = conn.response()
+        assert status == 413 and error_of(raw)["code"] == "request_too_large" and head.get("connection") != "close"
+        assert conn.response()[0] == 200
+    finally:
+        conn.close()
+
+
+def test_headers_over_64_kib_get_431(server):
+    conn = RawConnection(server.base)
+    try:
+        conn.send(b"GET /health HTTP/1.1\r\nHost: test\r\n" + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000)
+                                                                        for i in range(90)) + b"\r\n")
+        status, _, raw = conn.response()
+        assert status == 431 and error_of(raw)
+    finally:
+        conn.close()
+
+
 def test_expect_100_continue_gets_a_refusal_before_the_body(server):
     conn = RawConnection(server.base, timeout=10)
     try:
