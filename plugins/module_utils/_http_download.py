@@ -37,8 +37,16 @@ What one file download does (FileDownload.run):
   checked before the rename.
 * Disk full (ENOSPC/EDQUOT, also from the up-front fallocate) stops with the parts kept and the
   number of bytes still needed.
-* The bearer token travels in the Authorization header only, is dropped on a redirect to another
-  host, and never appears in URLs, errors or the status file.
+* Credentials are per endpoint (Credential): a bearer token travels in the Authorization header
+  only, to the origin (scheme, host, port) it was given for and nowhere else, so a redirect to
+  another host, another port or from https to http drops it; it is never sent over plain http
+  unless that endpoint allows it explicitly, nor over https without certificate verification.
+  It never appears in URLs, errors or the status file.
+* Everything a remote side sends is read through one bound (read_bounded): metadata bodies up to
+  Settings.max_metadata_bytes, error and redirect bodies up to ERROR_BODY_LIMIT, file bodies never
+  beyond the size the listing gave, or Settings.max_unlisted_size when it gave none.
+* The part file and its record live where the caller says (``part``): model_fetch keeps them in
+  the snapshot's private state folder, so no file of the snapshot can share their names.
 """
 from __future__ import annotations
 
@@ -70,11 +78,16 @@ RECORD_FORMAT = 1
 RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
+ERROR_BODY_LIMIT = 64 * 1024  # error and redirect bodies: enough for a message, never a whole file
+DEFAULT_METADATA_LIMIT = 16 * MIB
+DEFAULT_UNLISTED_SIZE_LIMIT = 1024 * MIB
+JSON_DEPTH_LIMIT = 64
 _SECRET_QUERY_KEYS = ("token", "sig", "signature", "key", "auth", "secret", "password", "credential")
 
 
 class DownloadError(Exception):
-    """A download failed. `kind`: network, http, auth, not_found, hash, size, range, disk, cancelled."""
+    """A download failed. `kind`: network, tls, config, http, auth, not_found, hash, size, too_large, listing,
+    range, disk, cancelled."""
 
     def __init__(self, message: str, kind: str = "network", status: int | None = None, retryable: bool = False,
                  retry_after: float | None = None, needed_bytes: int | None = None, error_code: str | None = None):
@@ -86,6 +99,79 @@ class DownloadError(Exception):
         self.retry_after = retry_after
         self.needed_bytes = needed_bytes
         self.error_code = error_code
+
+
+def origin_of(url: str) -> tuple:
+    """(scheme, host, port) of a URL, the port made explicit: what a credential is bound to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+class Credential:
+    """A bearer token bound to one endpoint's origin. It is offered only to that exact origin, and over
+    plain http only when allow_insecure says so for that endpoint."""
+
+    def __init__(self, token: str, endpoint: str, allow_insecure: bool = False):
+        self.token = token
+        self.origin = origin_of(endpoint)
+        self.allow_insecure = allow_insecure
+
+    def header_for(self, url: str, verified_tls: bool) -> dict:
+        scheme, host, port = origin_of(url)
+        if (scheme, host, port) != self.origin:
+            return {}  # a redirect elsewhere (other host, port or scheme): the token stays behind
+        if scheme == "http" and not self.allow_insecure:
+            return {}
+        if scheme == "https" and not verified_tls:
+            return {}  # an unverified peer could be anyone
+        return {"Authorization": "Bearer " + self.token}
+
+    def __repr__(self) -> str:  # never the token, even in a traceback
+        return "Credential(%s://%s:%d)" % self.origin
+
+
+def read_bounded(raw, limit: int, what: str) -> bytes:
+    """The whole body of a response, refusing (DownloadError kind 'too_large') past `limit` bytes.
+
+    A declared Content-Length over the limit is refused before a byte is read."""
+    length = raw.getheader("Content-Length") if hasattr(raw, "getheader") else None
+    if length is not None and length.strip().isdigit() and int(length) > limit:
+        raise DownloadError("%s: the answer is %s bytes, more than the %d allowed" % (what, length.strip(), limit),
+                            "too_large")
+    chunks, total = [], 0
+    while True:
+        block = raw.read(min(READ_SIZE, limit + 1 - total))
+        if not block:
+            return b"".join(chunks)
+        chunks.append(block)
+        total += len(block)
+        if total > limit:
+            raise DownloadError("%s: the answer is more than the %d bytes allowed" % (what, limit), "too_large")
+
+
+def _json_depth(data, limit: int) -> None:
+    """Refuse nesting deeper than limit (iteratively: a deep document must not exhaust the stack here)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                raise ValueError("nested deeper than %d levels" % limit)
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+
+
+def parse_json_bounded(raw: bytes, what: str, where: str):
+    """Parse a bounded JSON body; every way it can be bad is a DownloadError saying so."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        _json_depth(data, JSON_DEPTH_LIMIT)
+    except RecursionError:
+        raise DownloadError("%s: %s answered with JSON nested too deeply" % (what, where), "http") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DownloadError("%s: %s did not answer with usable JSON (%s; is it a Hugging Face / ModelScope "
+                            "endpoint?)" % (what, where, str(exc)[:100]), "http") from None
+    return data
 
 
 class RangeIgnored(Exception):
@@ -133,8 +219,9 @@ class Settings:
 
     def __init__(self, connections: int = 8, chunk_size: int = DEFAULT_CHUNK_SIZE, retries: int = 5,
                  backoff: float = 0.5, max_backoff: float = 30.0, timeout: float = 30.0, validate_certs: bool = True,
-                 ca_path: str | None = None, proxy: str | None = None, token: str | None = None,
-                 hash_retries: int = 1, user_agent: str = "autoglm.deploy-model_fetch", max_retry_after: float = 300.0):
+                 ca_bundle: str | None = None, proxy: str | None = None, hash_retries: int = 1,
+                 user_agent: str = "autoglm.deploy-model_fetch", max_retry_after: float = 300.0,
+                 max_metadata_bytes: int = DEFAULT_METADATA_LIMIT, max_unlisted_size: int = DEFAULT_UNLISTED_SIZE_LIMIT):
         if connections < 1:
             raise ValueError("connections must be 1 or more, got %d" % connections)
         if chunk_size < 64 * 1024:
@@ -146,9 +233,10 @@ class Settings:
         self.max_backoff = max_backoff
         self.timeout = timeout
         self.validate_certs = validate_certs
-        self.ca_path = ca_path
+        self.ca_bundle = ca_bundle
         self.proxy = proxy
-        self.token = token
+        self.max_metadata_bytes = max_metadata_bytes
+        self.max_unlisted_size = max_unlisted_size
         self.hash_retries = hash_retries
         self.user_agent = user_agent
         self.max_retry_after = max_retry_after
@@ -162,9 +250,6 @@ class Response:
         self.client, self.key, self.conn, self.raw, self.url = client, key, conn, resp, url
         self.status = resp.status
         self.headers = resp.headers
-
-    def read(self) -> bytes:
-        return self.raw.read()
 
     def release(self, reusable: bool = True) -> None:
         """Give the connection back (kept alive only when the body was read to its end)."""
@@ -189,12 +274,19 @@ class Client:
 
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            if self.settings.validate_certs:
-                context = ssl.create_default_context(cafile=self.settings.ca_path if self.settings.ca_path
-                                                     and os.path.isfile(self.settings.ca_path) else None,
-                                                     capath=self.settings.ca_path if self.settings.ca_path
-                                                     and os.path.isdir(self.settings.ca_path) else None)
-            else:
+            context = ssl.create_default_context()  # the system's CAs, certificate and host name checked
+            if self.settings.ca_bundle:
+                # Trusted besides the system's: a private CA for the mirror must not untrust the public hub.
+                bundle = self.settings.ca_bundle
+                try:
+                    if os.path.isdir(bundle):
+                        context.load_verify_locations(capath=bundle)
+                    else:
+                        context.load_verify_locations(cafile=bundle)
+                except (OSError, ssl.SSLError) as exc:
+                    raise DownloadError("ca_bundle %s cannot be loaded as PEM CA certificates: %s"
+                                        % (bundle, getattr(exc, "strerror", None) or exc), "config") from None
+            if not self.settings.validate_certs:
                 context = ssl.create_default_context()
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
@@ -250,9 +342,9 @@ class Client:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def open(self, method: str, url: str, headers: dict | None = None, body: bytes | None = None) -> Response:
+    def open(self, method: str, url: str, headers: dict | None = None, body: bytes | None = None,
+             credential: Credential | None = None) -> Response:
         """Send one request (following redirects); network failures raise a retryable DownloadError."""
-        origin = urlsplit(url).netloc
         for _ in range(MAX_REDIRECTS + 1):
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https"):
@@ -261,10 +353,10 @@ class Client:
             proxy = self.proxy_for(url)
             key = (parts.scheme, parts.hostname, port, proxy)
             send = {"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity"}
-            # The token goes only to the host it was given for, never along a redirect elsewhere.
-            if self.settings.token and parts.netloc == origin:
-                send["Authorization"] = "Bearer " + self.settings.token
             send.update(headers or {})
+            send.pop("Authorization", None)  # only a Credential may add it, and only to its own origin
+            if credential is not None:
+                send.update(credential.header_for(url, verified_tls=self.settings.validate_certs))
             target = parts.path or "/"
             if parts.query:
                 target += "?" + parts.query
@@ -275,9 +367,12 @@ class Client:
             resp = self._send(conn, method, target, send, body, url, reused_retry=True, key=key)
             self.requests += 1
             if resp.status in REDIRECT_STATUSES and resp.getheader("Location"):
-                with contextlib.suppress(Exception):
-                    resp.read()
-                Response(self, key, conn, resp, url).release()
+                drained = True
+                try:
+                    read_bounded(resp, ERROR_BODY_LIMIT, "redirect")
+                except Exception:
+                    drained = False  # a huge or broken redirect body: drop the connection instead
+                Response(self, key, conn, resp, url).release(drained)
                 url = urljoin(url, resp.getheader("Location"))
                 if resp.status == 303:
                     method, body = "GET", None
@@ -299,8 +394,9 @@ class Client:
         except ssl.SSLCertVerificationError as exc:
             with contextlib.suppress(Exception):
                 conn.close()
-            raise DownloadError("TLS certificate of %s not trusted (%s); set ca_path to the CA bundle, or "
-                                "validate_certs=false for a lab only" % (redact_url(url), exc.verify_message), "network") from None
+            raise DownloadError("TLS certificate of %s not trusted (%s); set ca_bundle to the PEM file of the CA "
+                                "that issued it (the endpoint's certificate must also name the host in the URL)"
+                                % (redact_url(url), exc.verify_message), "tls") from None
         except socket.gaierror as exc:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -321,7 +417,7 @@ class Client:
         detail = resp.headers.get("X-Error-Message") or ""
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         with contextlib.suppress(Exception):
-            body = resp.raw.read(64 * 1024)
+            body = resp.raw.read(ERROR_BODY_LIMIT)
             if not detail and body:
                 with contextlib.suppress(ValueError, AttributeError):
                     data = json.loads(body.decode("utf-8", "replace"))
@@ -330,8 +426,8 @@ class Client:
         where = redact_url(resp.url)
         suffix = (": " + detail[:300]) if detail else ""
         if status == 401:
-            raise DownloadError("%s: 401 Unauthorized from %s%s. The repository is private or gated: give a token "
-                                "(an access token that can read it)." % (what, where, suffix), "auth", status)
+            raise DownloadError("%s: 401 Unauthorized from %s%s. The repository is private or gated: give this "
+                                "endpoint a token that can read it (over https)." % (what, where, suffix), "auth", status)
         if status == 403:
             raise DownloadError("%s: 403 Forbidden from %s%s. The model is gated or the token lacks access: accept the "
                                 "licence on the model page with the token's account, or use a token with read access."
@@ -363,31 +459,36 @@ class Client:
                 self.back_off_or_raise(exc, attempt)
                 attempt += 1
 
-    def get_json(self, url: str, what: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
-        """(parsed JSON, response headers) of a metadata request, with retries."""
+    def get_json(self, url: str, what: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
+                 credential: Credential | None = None):
+        """(parsed JSON, response headers) of a metadata request, with retries; the body is bounded by
+        Settings.max_metadata_bytes."""
         def once():
-            resp = self.open(method, url, headers=dict({"Accept": "application/json"}, **(headers or {})), body=body)
+            resp = self.open(method, url, headers=dict({"Accept": "application/json"}, **(headers or {})), body=body,
+                             credential=credential)
             self.check_status(resp, what)
             try:
-                raw = resp.read()
+                raw = read_bounded(resp.raw, self.settings.max_metadata_bytes, what)
+            except DownloadError as exc:
+                resp.release(False)
+                if exc.kind == "too_large":
+                    exc.message += (" from %s (a listing that large is refused; raise max_listing_mb if the repository "
+                                    "really has that many files)" % redact_url(url))
+                    exc.args = (exc.message,)
+                raise
             except (OSError, http.client.HTTPException) as exc:
                 resp.release(False)
                 raise DownloadError("%s: reading the answer from %s failed: %s" % (what, redact_url(url), exc),
                                     "network", retryable=True) from None
             resp.release()
-            try:
-                return json.loads(raw.decode("utf-8")), resp.headers
-            except (UnicodeDecodeError, ValueError):
-                raise DownloadError("%s: %s did not answer with JSON (is it a Hugging Face / ModelScope endpoint?)"
-                                    % (what, redact_url(url)), "http", resp.status) from None
+            return parse_json_bounded(raw, what, redact_url(url)), resp.headers
         return self.retrying(once, what)
 
-    def head_size(self, url: str, what: str) -> int | None:
+    def head_size(self, url: str, what: str, credential: Credential | None = None) -> int | None:
         def once():
-            resp = self.open("HEAD", url)
+            resp = self.open("HEAD", url, credential=credential)
             self.check_status(resp, what)
-            resp.read()
-            resp.release()
+            resp.release(False)
             length = resp.headers.get("X-Linked-Size") or resp.headers.get("Content-Length")
             return int(length) if length and length.isdigit() else None
         return self.retrying(once, what)
@@ -602,7 +703,7 @@ class FileDownload:
 
     def __init__(self, client: Client, url: str, dest: str, size: int | None = None, sha256: str | None = None,
                  git_sha1: str | None = None, progress: Progress | None = None, label: str | None = None,
-                 headers: dict | None = None):
+                 headers: dict | None = None, part: str | None = None, credential: Credential | None = None):
         self.client = client
         self.settings = client.settings
         self.url = url
@@ -613,13 +714,16 @@ class FileDownload:
         self.progress = progress
         self.label = label or os.path.basename(dest)
         self.headers = headers or {}
-        self.part = dest + ".part"
-        self.record_path = dest + ".part.ranges"
+        self.credential = credential
+        # model_fetch puts the part where no listed file can be (its state folder); others default next to dest.
+        self.part = part or dest + ".part"
+        self.record_path = self.part + ".ranges"
         self.fetched = 0  # body bytes received over the network (this run, every attempt)
         self.resumed = 0  # bytes found already written by an earlier run
         self.read_back = 0
         self.restarts = 0
         self.single_stream = False
+        self._written_id = None  # (st_dev, st_ino) of the part the verified bytes were written to
         self._stop = threading.Event()
 
     # ---- the record of written ranges ------------------------------------------------------------
@@ -661,19 +765,28 @@ class FileDownload:
     def run(self) -> dict:
         """Download (or resume) the file; return size, hashes, bytes fetched/resumed. Raises DownloadError."""
         if self.size is None:
-            self.size = self.client.head_size(self.url, "size of %s" % self.label)
+            if not self.has_expected_hash():
+                raise DownloadError("%s: neither a size nor a hash to check it by; refusing to download it unverified"
+                                    % self.label, "size")
+            self.size = self.client.head_size(self.url, "size of %s" % self.label, credential=self.credential)
+            limit = self.settings.max_unlisted_size
             if self.size is None:
                 self.single_stream = True
+            elif self.size > limit:
+                raise DownloadError("%s: the listing gives no size and %s announces %d bytes, more than the %d allowed "
+                                    "for a file of unlisted size (raise unlisted_size_limit_mb, or list its size)"
+                                    % (self.label, redact_url(self.url), self.size, limit), "size")
         os.makedirs(os.path.dirname(os.path.abspath(self.dest)), exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(self.part)), exist_ok=True)
         attempts = self.settings.hash_retries + 1
         for attempt in range(attempts):
             digests = self._attempt_following_range_support()
             problem = self._compare(digests)
             if problem is None:
-                self._commit()
+                promoted = self._commit()
                 return {"size": self.size, SHA256: digests.get(SHA256), GIT_SHA1: digests.get(GIT_SHA1),
                         "fetched_bytes": self.fetched, "resumed_bytes": self.resumed, "read_back_bytes": self.read_back,
-                        "restarts": self.restarts}
+                        "restarts": self.restarts, "file_id": promoted}
             self.discard()
             self.restarts += 1
             if attempt + 1 >= attempts:
@@ -705,20 +818,26 @@ class FileDownload:
             return "git blob sha1 mismatch: expected %s, got %s" % (self.git_sha1, digests.get(GIT_SHA1))
         return None
 
-    def _commit(self) -> None:
+    def _commit(self) -> tuple:
+        """Rename the verified part over dest; returns (st_dev, st_ino) of what was promoted, so the caller
+        can check that the final path still holds these very bytes."""
         fd = os.open(self.part, os.O_RDONLY)
         try:
             os.fsync(fd)
-            actual = os.fstat(fd).st_size
+            st = os.fstat(fd)
         finally:
             os.close(fd)
-        if self.size is not None and actual != self.size:
+        if self._written_id is not None and (st.st_dev, st.st_ino) != self._written_id:
+            raise DownloadError("%s: %s was replaced by another file while it was being written; nothing was promoted"
+                                % (self.label, self.part), "size")
+        if self.size is not None and st.st_size != self.size:
             self.discard()
-            raise DownloadError("%s: size %d on disk, expected %d" % (self.label, actual, self.size), "size")
+            raise DownloadError("%s: size %d on disk, expected %d" % (self.label, st.st_size, self.size), "size")
         os.replace(self.part, self.dest)
         fsync_dir(self.dest)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.record_path)
+        return st.st_dev, st.st_ino
 
     def _attempt(self) -> dict:
         # The git blob sha1 only where the hub gave one to compare with: on a multi-GB shard it costs a
@@ -732,6 +851,8 @@ class FileDownload:
             self.discard()
         fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            st = os.fstat(fd)
+            self._written_id = (st.st_dev, st.st_ino)
             self._allocate(fd, done)
             self.resumed = done.total()
             if self.progress and self.resumed:
@@ -849,7 +970,7 @@ class FileDownload:
         if not (whole and whole_ok):
             headers["Range"] = "bytes=%d-%d" % (a, b - 1)
         what = "downloading %s" % self.label
-        resp = self.client.open("GET", self.url, headers=headers)
+        resp = self.client.open("GET", self.url, headers=headers, credential=self.credential)
         if resp.status == 200 and "Range" in headers:
             resp.release(False)
             raise RangeIgnored()
@@ -910,17 +1031,27 @@ class FileDownload:
         return pos - a
 
     def _unknown_size_stream(self, algorithms) -> dict:
-        """A server that states no size (no HEAD length): one stream, hashed inline, no resume."""
+        """A server that states no size (no HEAD length): one stream, hashed inline, no resume, and never more
+        than Settings.max_unlisted_size bytes written."""
         self.discard()
-        resp = self.client.open("GET", self.url, headers=dict(self.headers))
+        limit = self.settings.max_unlisted_size
+        resp = self.client.open("GET", self.url, headers=dict(self.headers), credential=self.credential)
         self.client.check_status(resp, "downloading %s" % self.label)
         hasher = IncrementalHasher([a for a in algorithms if a == SHA256])
         try:
             with open(self.part, "wb") as handle:
+                st = os.fstat(handle.fileno())
+                self._written_id = (st.st_dev, st.st_ino)
                 while True:
-                    block = resp.raw.read(READ_SIZE)
+                    block = resp.raw.read(min(READ_SIZE, limit + 1 - hasher.fed))
                     if not block:
                         break
+                    if hasher.fed + len(block) > limit:
+                        resp.release(False)
+                        self.discard()
+                        raise DownloadError("%s: %s sent more than the %d bytes allowed for a file of unlisted size "
+                                            "(the part was discarded; raise unlisted_size_limit_mb, or list its size)"
+                                            % (self.label, redact_url(self.url), limit), "size")
                     handle.write(block)
                     hasher.update(block)
                     self.fetched += len(block)

@@ -33,6 +33,7 @@ _HEX_DIGITS = {"sha256": 64, "git_sha1": 40}
 _TOP_KEYS = ("format", "source", "repo_id", "revision", "commit", "fetched_at", "files")
 _FILE_KEYS = ("path", "size", "sha256", "git_sha1", "endpoint")
 _OPTIONAL_FILE_KEYS = ("fetched_at",)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ManifestError(ValueError):
@@ -64,8 +65,11 @@ def check_relpath(path, where: str = "path") -> str:
     """A model file path: relative, POSIX, normalised, inside the model dir, not our state."""
     if not isinstance(path, str) or not path:
         raise ManifestError("%s must be a non-empty string, got %r" % (where, path))
-    if path.startswith("/") or "\\" in path or "\0" in path:
+    if path.startswith("/") or "\\" in path:
         raise ManifestError("%s %r must be a relative POSIX path (no leading '/', no backslash)" % (where, path))
+    if _CONTROL.search(path):
+        # NUL, newlines, escapes: they break file systems, logs and terminals, and no model file needs one.
+        raise ManifestError("%s %r must not contain control characters" % (where, path))
     parts = path.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise ManifestError("%s %r must be normalised: no empty, '.' or '..' components" % (where, path))

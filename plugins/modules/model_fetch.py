@@ -14,11 +14,18 @@ description:
     commit, and per file size, sha256, git blob sha1 where known, the endpoint that served it, time fetched).
   - Tries the O(endpoints) in order for every request (for example in-cluster mirror, regional mirror, upstream)
     and reports which endpoint served each file.
-  - Large files are fetched over O(connections) parallel ranged connections into C(<file>.part) with a persisted
-    record of finished ranges (C(<file>.part.ranges)), so a killed run, a dropped connection or a rebooted node
+  - Large files are fetched over O(connections) parallel ranged connections into a part file with a persisted
+    record of finished ranges, both under C(<dest>/.autoglm/parts/) (named by a hash of the path, so no file of
+    the snapshot can collide with them), so a killed run, a dropped connection or a rebooted node
     resumes without fetching finished ranges again. sha256 (and the git blob sha1) are computed while the bytes
     stream in and compared before the file is renamed into place; a file whose hash does not match is
-    discarded and fetched again, then the next endpoint is tried. A final path never holds unverified bytes.
+    discarded and fetched again, then the next endpoint is tried. A final path never holds unverified bytes,
+    and before the manifest is written every promoted file is checked to be the one verified, of the listed size.
+  - Nothing a remote side sends is trusted as it comes. Listings are read up to O(max_listing_mb) and every
+    entry is checked (a 40-hex commit id; safe relative paths without C(.), C(..), leading C(/), backslashes or
+    control characters; sizes integers >= 0; hashes hex of the right length; a hash for every file); a bad
+    entry fails naming the entry and the endpoint, and the next endpoint is tried. A file body is never read
+    beyond its listed size, or beyond O(unlisted_size_limit_mb) when the listing gives no size.
   - Retries with exponential backoff and jitter, honouring C(Retry-After); copes with servers that answer a
     Range request with the whole body.
   - A rerun against the same commit with complete files is a no-op (C(changed=false)) that sends at most one
@@ -56,16 +63,27 @@ options:
     type: str
   endpoints:
     description:
-      - Base URLs tried in order for every request, for example C(http://mirror:8090) then the public hub.
+      - Endpoints tried in order for every request, for example the fleet's mirror then the public hub.
+      - Each item is a base URL (then O(token) is its credential), or a dict with C(url) (required), C(token)
+        (this endpoint's own bearer token; empty for none) and C(allow_insecure_token) (default C(false)).
+        Each endpoint gets only its own token, so the hub's token never reaches the mirror and the other way
+        round.
+      - A token is sent only over https with a verified certificate (see O(ca_bundle)), and never over plain
+        http unless C(allow_insecure_token=true) for that endpoint (an isolated lab only, since anyone on the path
+        reads it). A dict endpoint with a token over http without it is refused.
+      - On a redirect the token is dropped unless scheme, host and port are all unchanged (so never on a
+        downgrade to http, nor to a CDN on another host).
       - Default for C(huggingface) is C(https://huggingface.co), for C(modelscope) C(https://www.modelscope.cn).
       - For C(url), relative file URLs are resolved against each endpoint in turn.
     type: list
-    elements: str
+    elements: raw
     default: []
   files:
     description:
       - For O(source=url), the files to download. Each item has C(path) (relative destination path), C(sha256)
         (required), and optionally C(url) (absolute, or relative to each endpoint; default the path) and C(size).
+      - Paths follow the same rules as a hub listing's (relative, no C(.), C(..), backslashes or control
+        characters). Without C(size), the server's announced size is used, up to O(unlisted_size_limit_mb).
     type: list
     elements: dict
     default: []
@@ -83,8 +101,10 @@ options:
     default: []
   token:
     description:
-      - Access token sent as C(Authorization Bearer) header (gated or private models). Never put in URLs, errors,
-        logs, the status file or the manifest. Dropped on a redirect to another host.
+      - Bearer token for the O(endpoints) given as plain URLs (and for absolute O(files) URLs), for gated or
+        private models. Sent over verified https only; an http endpoint given as a plain URL does not get it (a
+        warning says so). To give the mirror and the hub different tokens, use dict items in O(endpoints).
+      - Never put in URLs, errors, logs, the status file or the manifest.
     type: str
   offline:
     description:
@@ -137,12 +157,31 @@ options:
     type: int
     default: 30
   validate_certs:
-    description: Verify TLS certificates. Turn off only for a lab.
+    description:
+      - Verify TLS certificates and host names. Keep it on and give O(ca_bundle) for a private CA.
+      - C(false) is refused when any endpoint has a token (a token is never sent to an unverified peer), and no
+        token is ever sent over https while it is off.
     type: bool
     default: true
-  ca_path:
-    description: CA bundle file (or directory) to trust instead of the system's, for a mirror with a private CA.
+  ca_bundle:
+    description:
+      - PEM file (or C(c_rehash) directory) of CA certificates trusted for https endpoints I(in addition to) the
+        system's, for a mirror whose certificate a private CA issued (the public hub stays trusted). Certificate
+        and host name are always verified.
     type: path
+    aliases: [ca_path]
+  max_listing_mb:
+    description:
+      - Largest listing (or other metadata answer), in MiB, read from an endpoint; a larger one fails with an
+        error naming the endpoint. A listing of 10000 files is about 3 MiB.
+    type: int
+    default: 16
+  unlisted_size_limit_mb:
+    description:
+      - Most bytes, in MiB, accepted for a file whose listing gives no size (the server's announced size, or the
+        stream). Files the listing sizes are never read beyond that size.
+    type: int
+    default: 1024
   proxy:
     description:
       - Proxy URL (C(http://[user:pass@]host:port)) for every request. Empty string disables proxies; unset uses
@@ -185,8 +224,10 @@ EXAMPLES = r"""
     dest: /srv/models/AutoGLM-Phone-9B/snapshot
     repo_id: zai-org/AutoGLM-Phone-9B
     revision: main
-    endpoints: [http://mirror.lab:8090, https://huggingface.co]
-    token: "{{ hf_token | default(omit) }}"
+    endpoints:
+      - {url: "https://mirror.lab:8443", token: "{{ mirror_token | default('') }}"}
+      - {url: "https://huggingface.co", token: "{{ hf_token | default('') }}"}
+    ca_bundle: /etc/ssl/certs/autoglm-lab-ca.pem
     ignore_patterns: ["*.md", "docs/"]
   async: 14400
   poll: 0
@@ -306,7 +347,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.autoglm.deploy.plugins.module_utils import _hashing, _http_download, _manifest
+from ansible_collections.autoglm.deploy.plugins.module_utils import _hashing, _http_download, _hub_listing, _manifest
 
 DEFAULT_ENDPOINTS = {"huggingface": ["https://huggingface.co"], "modelscope": ["https://www.modelscope.cn"], "url": []}
 DEFAULT_REVISION = {"huggingface": "main", "modelscope": "master", "url": "files"}
@@ -314,6 +355,8 @@ STATE_NAME = "fetch.json"
 LOCK_NAME = "fetch.lock"
 STATUS_NAME = "fetch-status.json"
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+PARTS_NAME = "parts"
+ENDPOINT_KEYS = ("url", "token", "allow_insecure_token")
 
 
 class FetchError(Exception):
@@ -346,6 +389,19 @@ def same_content(expected: dict, recorded: dict) -> bool:
     return compared
 
 
+def endpoint_tokens(endpoints) -> list:
+    """The tokens nested in dict endpoints: secrets the argument spec cannot mark no_log itself."""
+    return [item["token"] for item in endpoints or () if isinstance(item, dict) and isinstance(item.get("token"), str)
+            and item["token"]]
+
+
+class FetchModule(AnsibleModule):
+    def _log_invocation(self):
+        # Before the invocation is logged (syslog/journal): tokens nested in endpoints are secrets too.
+        self.no_log_values.update(endpoint_tokens(self.params.get("endpoints")))
+        super()._log_invocation()
+
+
 def device_of(path: str) -> int:
     """st_dev of path, or of its nearest existing parent (dest may not exist yet)."""
     while True:
@@ -367,18 +423,95 @@ class Fetcher:
         self.source = p["source"]
         self.repo_id = p["repo_id"] or ""
         self.revision = p["revision"] or DEFAULT_REVISION[self.source]
-        self.endpoints = [e.rstrip("/") for e in (p["endpoints"] or DEFAULT_ENDPOINTS[self.source])]
         self.token = p["token"] or None
+        self.endpoints, self.credentials = [], {}  # base URLs in order; base URL -> its Credential or None
+        self.endpoint_problems = []
+        self.insecure_skipped = []
+        for index, item in enumerate(p["endpoints"] or DEFAULT_ENDPOINTS[self.source]):
+            self.add_endpoint(index, item)
         self.state_dir = _manifest.state_dir(self.dest)
         self.status_file = p["status_file"] or os.path.join(self.state_dir, STATUS_NAME)
         self.metadata_requests = 0
         self.started = time.monotonic()
         self.settings = _http_download.Settings(
-            connections=p["connections"], chunk_size=p["chunk_size_mb"] * _http_download.MIB, retries=p["retries"],
-            timeout=p["timeout"], validate_certs=p["validate_certs"], ca_path=p["ca_path"], proxy=p["proxy"],
-            token=self.token)
+            connections=p["connections"], chunk_size=max(1, p["chunk_size_mb"]) * _http_download.MIB,
+            retries=p["retries"], timeout=p["timeout"], validate_certs=p["validate_certs"], ca_bundle=p["ca_bundle"],
+            proxy=p["proxy"], max_metadata_bytes=max(1, p["max_listing_mb"]) * _http_download.MIB,
+            max_unlisted_size=max(0, p["unlisted_size_limit_mb"]) * _http_download.MIB)
         self.client = _http_download.Client(self.settings)
         self._lock_fd = None
+
+    # ---- endpoints and their credentials -----------------------------------------------------------
+    def add_endpoint(self, index: int, item) -> None:
+        """One item of endpoints: a base URL (credential: the token option) or {url, token, allow_insecure_token}.
+        Problems are collected for check_params(), which reports them all at once."""
+        where = "endpoints[%d]" % index
+        if isinstance(item, dict):
+            unknown = sorted(str(k) for k in item if k not in ENDPOINT_KEYS)
+            url, token, insecure = item.get("url"), item.get("token") or None, item.get("allow_insecure_token", False)
+            if unknown:
+                self.endpoint_problems.append("%s has unknown key(s) %s; known: %s" % (where, ", ".join(unknown),
+                                                                                       ", ".join(ENDPOINT_KEYS)))
+            if token is not None and not isinstance(token, str):
+                self.endpoint_problems.append("%s.token must be a string" % where)
+                token = None
+            if isinstance(insecure, str) and insecure.lower() in ("true", "yes", "false", "no"):
+                insecure = insecure.lower() in ("true", "yes")
+            if not isinstance(insecure, bool):
+                self.endpoint_problems.append("%s.allow_insecure_token must be true or false, got %r" % (where, insecure))
+                insecure = False
+            explicit = True
+        else:
+            url, token, insecure, explicit = item, self.token, False, False
+        if not isinstance(url, str) or not url.strip():
+            self.endpoint_problems.append("%s needs url, a base URL such as https://mirror:8443, got %r"
+                                          % (where, type(url).__name__ if not isinstance(url, str) else url))
+            return
+        url = url.strip().rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.endpoint_problems.append("%s %r is not an http(s) base URL" % (where, _http_download.redact_url(url)))
+            return
+        if parts.username or parts.password or parts.query:
+            self.endpoint_problems.append("%s %s carries credentials or a query; give the token as this endpoint's "
+                                          "token instead" % (where, _http_download.redact_url(url)))
+            return
+        if url in self.credentials:
+            self.endpoint_problems.append("%s %s is listed twice" % (where, url))
+            return
+        credential = None
+        if token:
+            if parts.scheme == "http" and not insecure:
+                if explicit:
+                    self.endpoint_problems.append(
+                        "%s %s has a token but is plain http, where anyone on the path can read it: use https "
+                        "(with ca_bundle for a private CA), or set allow_insecure_token: true for this endpoint "
+                        "(an isolated lab only)" % (where, url))
+                else:
+                    self.insecure_skipped.append(url)
+            else:
+                credential = _http_download.Credential(token, url, allow_insecure=insecure)
+        self.endpoints.append(url)
+        self.credentials[url] = credential
+
+    def credential_for(self, endpoint: str):
+        """The credential for a request to endpoint: its own, or for an absolute file URL (source=url) that of an
+        endpoint on the same origin, else the token option (Credential binds it to that URL's origin)."""
+        if endpoint in self.credentials:
+            return self.credentials[endpoint]
+        origin = _http_download.origin_of(endpoint)
+        for url, credential in self.credentials.items():
+            if credential is not None and _http_download.origin_of(url) == origin:
+                return credential
+        if self.token and origin[0] == "https":
+            return _http_download.Credential(self.token, endpoint)
+        return None
+
+    def part_path(self, rel: str, suffix: str = ".part") -> str:
+        """Where the download (or hard-link staging) of rel lives: in our state folder, named by a hash of the
+        path, so no listed file (w.bin.part, x.link, ...) can share the name."""
+        digest = hashlib.sha256(rel.encode("utf-8")).hexdigest()[:40]
+        return os.path.join(self.state_dir, PARTS_NAME, digest + suffix)
 
     # ---- input checks ----------------------------------------------------------------------------
     def check_params(self) -> None:
@@ -390,20 +523,27 @@ class Fetcher:
             raise FetchError("source=url needs files: a list of {path, sha256[, url, size]}")
         if not self.repo_id:
             self.repo_id = "url/" + os.path.basename(self.dest.rstrip("/"))
-        for name in ("max_parallel_files", "connections", "chunk_size_mb", "timeout"):
+        for name in ("max_parallel_files", "connections", "chunk_size_mb", "timeout", "max_listing_mb"):
             if p[name] < 1:
                 raise FetchError("%s must be 1 or more, got %d" % (name, p[name]))
         if p["retries"] < 0:
             raise FetchError("retries must be 0 or more, got %d" % p["retries"])
+        if p["unlisted_size_limit_mb"] < 0:
+            raise FetchError("unlisted_size_limit_mb must be 0 or more, got %d" % p["unlisted_size_limit_mb"])
         if p["commit"] and not COMMIT_RE.match(p["commit"]) and self.source == "huggingface":
             raise FetchError("commit must be a 40-hex commit id, got %r" % p["commit"])
-        for endpoint in self.endpoints:
-            parts = urlsplit(endpoint)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise FetchError("endpoint %r is not an http(s) base URL" % _http_download.redact_url(endpoint))
-            if parts.username or parts.password or parts.query:
-                raise FetchError("endpoint %s carries credentials or a query; give the token in token instead"
-                                 % _http_download.redact_url(endpoint))
+        if self.endpoint_problems:
+            raise FetchError("endpoints: " + "; ".join(self.endpoint_problems))
+        has_token = any(self.credentials.values()) or (self.token and self.source == "url")
+        if has_token and not p["validate_certs"]:
+            raise FetchError("validate_certs=false with a token: a token is never sent to an unverified endpoint. "
+                             "Keep validate_certs on and give ca_bundle the CA that issued the endpoint's certificate.")
+        if p["ca_bundle"] and not os.path.exists(p["ca_bundle"]):
+            raise FetchError("ca_bundle %s does not exist on this host: copy the CA certificate (PEM) there first"
+                             % p["ca_bundle"])
+        for url in self.insecure_skipped:
+            self.module.warn("token is not sent to %s: it is plain http (give that endpoint its own token as a dict "
+                             "item with allow_insecure_token: true, for an isolated lab only)" % url)
         if self.source != "url" and not self.endpoints:
             raise FetchError("no endpoints to fetch from")
 
@@ -422,9 +562,11 @@ class Fetcher:
                 if self.source == "huggingface":
                     return (*self.hf_listing(endpoint, rev), endpoint)
                 return (*self.ms_listing(endpoint, rev), endpoint)
+            except _hub_listing.ListingError as exc:
+                errors.append((endpoint, _http_download.DownloadError(str(exc), "listing")))
             except _http_download.DownloadError as exc:
                 errors.append((endpoint, exc))
-                if exc.kind == "disk":
+                if exc.kind in ("disk", "config"):
                     break
         raise self.listing_error(errors, rev or self.revision)
 
@@ -444,42 +586,28 @@ class Fetcher:
         hint = ""
         if kinds <= {"network"}:
             hint = " None of the endpoints could be reached: check DNS, routes, proxy settings and that the mirror runs."
+        elif "listing" in kinds:
+            hint = " A listing that names unsafe or malformed entries is refused whole; nothing was written."
         return FetchError("Cannot list %s@%s from any endpoint (%d tried).%s\n%s"
                           % (self.repo_id, rev, len(errors), hint, "\n".join(lines)))
 
     def hf_listing(self, endpoint: str, rev: str) -> tuple:
         url = "%s/api/models/%s/revision/%s?blobs=true" % (endpoint, self.repo_id, quote(rev, safe=""))
-        data, _headers = self.client.get_json(url, "listing %s@%s" % (self.repo_id, rev))
-        if not isinstance(data, dict) or not isinstance(data.get("siblings"), list):
-            raise _http_download.DownloadError("listing %s@%s: %s answered without siblings" % (self.repo_id, rev, endpoint), "http")
-        files = {}
-        for sib in data["siblings"]:
-            path = sib.get("rfilename")
-            lfs = sib.get("lfs") or {}
-            if lfs.get("sha256"):
-                files[path] = {"size": lfs.get("size", sib.get("size")), "sha256": lfs["sha256"], "git_sha1": None}
-            else:
-                files[path] = {"size": sib.get("size"), "sha256": None, "git_sha1": sib.get("blobId")}
-        commit = data.get("sha") or rev
-        return commit, files
+        what = "listing %s@%s" % (self.repo_id, rev)
+        data, _headers = self.client.get_json(url, what, credential=self.credential_for(endpoint))
+        return _hub_listing.parse_hf(data, "%s from %s" % (what, endpoint))
 
     def ms_listing(self, endpoint: str, rev: str) -> tuple:
         url = "%s/api/v1/models/%s/repo/files?Revision=%s&Recursive=True" % (endpoint, self.repo_id, quote(rev, safe=""))
-        data, _headers = self.client.get_json(url, "listing %s@%s" % (self.repo_id, rev))
-        listing = (data or {}).get("Data") or {}
-        if not isinstance(listing.get("Files"), list):
-            message = (data or {}).get("Message") or "no Data.Files"
-            raise _http_download.DownloadError("listing %s@%s at %s: %s" % (self.repo_id, rev, endpoint, message),
-                                               "not_found" if data.get("Code") == 404 else "http")
-        files, commits = {}, set()
-        for item in listing["Files"]:
-            if item.get("Type") != "blob":
-                continue
-            files[item["Path"]] = {"size": item.get("Size"), "sha256": (item.get("Sha256") or None), "git_sha1": None}
-            if item.get("Revision") and COMMIT_RE.match(str(item["Revision"])):
-                commits.add(item["Revision"])
-        commit = commits.pop() if len(commits) == 1 else rev
-        return commit, files
+        what = "listing %s@%s" % (self.repo_id, rev)
+        data, _headers = self.client.get_json(url, what, credential=self.credential_for(endpoint))
+        listing = data.get("Data") if isinstance(data, dict) else None
+        if not isinstance(listing, dict) or not isinstance(listing.get("Files"), list):
+            message = data.get("Message") if isinstance(data, dict) else None
+            if isinstance(message, str) and message:
+                raise _http_download.DownloadError("%s at %s: %s" % (what, endpoint, message[:300]),
+                                                   "not_found" if data.get("Code") == 404 else "http")
+        return _hub_listing.parse_ms(data, "%s from %s" % (what, endpoint), rev)
 
     def url_listing(self) -> tuple:
         files, urls = {}, {}
@@ -488,9 +616,18 @@ class Fetcher:
             if not path or not _manifest.is_hex(sha, 64):
                 raise FetchError("files[%d] needs path and a 64-hex sha256, got %r" % (index, {k: item.get(k) for k in ("path", "sha256")}))
             size = item.get("size")
-            if size is not None and (not str(size).isdigit()):
-                raise FetchError("files[%d].size must be a byte count, got %r" % (index, size))
-            files[path] = {"size": int(size) if size is not None else None, "sha256": sha, "git_sha1": None}
+            if isinstance(size, str) and size.strip().isdigit():
+                size = int(size)  # from a template, numbers arrive as strings
+            try:
+                path, info = _hub_listing.check_entry(path, size, sha, None, "files[%d]" % index)
+            except _hub_listing.ListingError as exc:
+                raise FetchError(str(exc)) from None
+            if path in files:
+                raise FetchError("files[%d]: path %r is listed twice" % (index, path))
+            if _manifest.is_state_path(path):
+                raise FetchError("files[%d]: path %r is inside %s/, which holds model_fetch's state"
+                                 % (index, path, _manifest.STATE_DIR))
+            files[path] = info
             urls[path] = item.get("url") or path
         if not self.endpoints and any(not urlsplit(u).scheme for u in urls.values()):
             raise FetchError("source=url: relative file URLs need endpoints to resolve against")
@@ -691,7 +828,8 @@ class Fetcher:
         for path, (source, entry) in reuse.items():
             target = self.safe_path(path)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            staging = target + ".link"
+            staging = self.part_path(path, ".link")
+            os.makedirs(os.path.dirname(staging), exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staging)
             try:
@@ -699,8 +837,9 @@ class Fetcher:
             except OSError:
                 continue
             os.replace(staging, target)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(target + ".part")  # an interrupted download of the same file is not needed any more
+            for leftover in (self.part_path(path), self.part_path(path) + ".ranges"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)  # an interrupted download of the same file is not needed any more
             linked[path] = entry
         return linked
 
@@ -729,6 +868,7 @@ class Fetcher:
             to_fetch = sum((info["size"] or 0) for info in fetch.values())
             self.check_disk(fetch)
             fetched, endpoint_stats, totals = self.download(commit, fetch, bytes_total - to_fetch, bytes_total)
+            self.check_promoted(wanted, fetched)
             now = _manifest.utc_now_iso()
             entries = []
             for path, info in wanted.items():
@@ -773,6 +913,26 @@ class Fetcher:
                            bytes_linked=sum(entry["size"] for entry in linked.values()),
                            rate_bytes_per_s=int(totals["fetched"] / max(1e-6, time.monotonic() - self.started)))
 
+    def check_promoted(self, wanted: dict, fetched: dict) -> None:
+        """Before the manifest vouches for them: each file is there with its listed size, and each downloaded
+        one is still the very file whose bytes were verified (nothing renamed over it since)."""
+        wrong = {}
+        for path, info in wanted.items():
+            try:
+                st = os.lstat(self.safe_path(path))
+            except OSError:
+                wrong[path] = "%s is missing" % path
+                continue
+            size = info["size"] if info["size"] is not None else (fetched.get(path) or {}).get("size")
+            if size is not None and st.st_size != size:
+                wrong[path] = "%s holds %d bytes, the listing says %d" % (path, st.st_size, size)
+            elif path in fetched and (st.st_dev, st.st_ino) != tuple(fetched[path]["file_id"]):
+                wrong[path] = "%s is no longer the file that was downloaded and verified" % path
+        if wrong:
+            raise FetchError("after the download, %d file(s) in %s do not match the listing, so no manifest was "
+                             "written (rerun to fetch them again): %s"
+                             % (len(wrong), self.dest, "; ".join(list(wrong.values())[:20])), failed=sorted(wrong))
+
     @staticmethod
     def manifest_body(manifest: dict) -> dict:
         body = dict(manifest)
@@ -791,7 +951,7 @@ class Fetcher:
         needed = 0
         for path, info in fetch.items():
             size = info["size"] or 0
-            part = self.safe_path(path) + ".part"
+            part = self.part_path(path)
             try:
                 if os.stat(part).st_blocks * 512 >= size:
                     continue  # preallocated by the earlier run
@@ -824,12 +984,13 @@ class Fetcher:
             for endpoint, url in self.file_urls(path, commit):
                 job = _http_download.FileDownload(self.client, url, self.safe_path(path), size=info["size"],
                                                   sha256=info["sha256"], git_sha1=info["git_sha1"], progress=progress,
-                                                  label=path)
+                                                  label=path, part=self.part_path(path),
+                                                  credential=self.credential_for(endpoint))
                 try:
                     got = job.run()
                 except _http_download.DownloadError as exc:
                     tried.append((endpoint, exc))
-                    if exc.kind == "disk":
+                    if exc.kind in ("disk", "config"):
                         break
                     continue
                 got["endpoint"] = _manifest.strip_credentials(endpoint)
@@ -877,14 +1038,14 @@ class Fetcher:
 
 
 def main():
-    module = AnsibleModule(
+    module = FetchModule(
         argument_spec=dict(
             dest=dict(type="path", required=True),
             source=dict(type="str", default="huggingface", choices=["huggingface", "modelscope", "url"]),
             repo_id=dict(type="str"),
             revision=dict(type="str"),
             commit=dict(type="str"),
-            endpoints=dict(type="list", elements="str", default=[]),
+            endpoints=dict(type="list", elements="raw", default=[]),
             files=dict(type="list", elements="dict", default=[]),
             allow_patterns=dict(type="list", elements="str", default=[]),
             ignore_patterns=dict(type="list", elements="str", default=[]),
@@ -899,7 +1060,9 @@ def main():
             retries=dict(type="int", default=5),
             timeout=dict(type="int", default=30),
             validate_certs=dict(type="bool", default=True),
-            ca_path=dict(type="path"),
+            ca_bundle=dict(type="path", aliases=["ca_path"]),
+            max_listing_mb=dict(type="int", default=16),
+            unlisted_size_limit_mb=dict(type="int", default=1024),
             proxy=dict(type="str"),
             status_file=dict(type="path"),
             disk_headroom_mb=dict(type="int", default=256),
@@ -907,11 +1070,13 @@ def main():
         ),
         supports_check_mode=True,
     )
-    token = module.params["token"]
+    secrets = [t for t in [module.params["token"], *endpoint_tokens(module.params["endpoints"])] if t]
+    module.no_log_values.update(secrets)
 
     def scrub(value):
-        if token and isinstance(value, str):
-            return value.replace(token, "********")
+        if isinstance(value, str):
+            for secret in secrets:
+                value = value.replace(secret, "********")
         return value
 
     fetcher = Fetcher(module)

@@ -143,8 +143,9 @@ def test_file_download_resumes_from_a_planted_record(blob_server, tmp_path):
     sha = hashlib.sha256(BLOB).hexdigest()
     done = [(0, 1 << 20), (2 << 20, (2 << 20) + 4096)]
     plant_part(dest, done, {"size": len(BLOB), "sha256": sha, "git_sha1": None})
-    client = hd.Client(hd.Settings(connections=4, chunk_size=256 << 10, token="s3cret"))
-    result = hd.FileDownload(client, blob_server, str(dest), size=len(BLOB), sha256=sha).run()
+    client = hd.Client(hd.Settings(connections=4, chunk_size=256 << 10))
+    lab = hd.Credential("s3cret", blob_server, allow_insecure=True)  # plain http: only because it says so
+    result = hd.FileDownload(client, blob_server, str(dest), size=len(BLOB), sha256=sha, credential=lab).run()
     assert dest.read_bytes() == BLOB and result["resumed_bytes"] == (1 << 20) + 4096
     assert result["fetched_bytes"] == len(BLOB) - result["resumed_bytes"]
     fetched = hd.Intervals([(a, b) for a, b, _ in BlobHandler.served])
