@@ -559,9 +559,13 @@ class Fetcher:
         for endpoint in self.endpoints:
             try:
                 self.metadata_requests += 1
-                if self.source == "huggingface":
-                    return (*self.hf_listing(endpoint, rev), endpoint)
-                return (*self.ms_listing(endpoint, rev), endpoint)
+                listed = self.hf_listing(endpoint, rev) if self.source == "huggingface" else self.ms_listing(endpoint, rev)
+                asked = rev if COMMIT_RE.match(rev or "") else None
+                if asked and listed[0] != asked:
+                    # A listing for another commit than the pinned one must not be recorded under it.
+                    raise _hub_listing.ListingError("listing %s@%s from %s: the answer is for commit %s"
+                                                    % (self.repo_id, asked, endpoint, listed[0]))
+                return (*listed, endpoint)
             except _hub_listing.ListingError as exc:
                 errors.append((endpoint, _http_download.DownloadError(str(exc), "listing")))
             except _http_download.DownloadError as exc:

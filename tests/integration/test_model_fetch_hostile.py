@@ -155,6 +155,13 @@ def test_a_listing_entry_that_is_unsafe_or_malformed_is_refused_by_name(run_modu
     assert not box.exists() or sorted(p.name for p in box.iterdir()) == ["m"]  # nothing beside dest
 
 
+def test_a_listing_for_another_commit_than_the_pinned_one_is_refused(run_module, tmp_path):
+    with HostileHub(files=FILES) as hub:
+        result = fetch(run_module, tmp_path / "m", [hub.url], commit="b" * 40)
+    assert result["_rc"] != 0 and "the answer is for commit " + COMMIT in result["msg"] and hub.url in result["msg"]
+    assert not (tmp_path / "m" / "w.bin").exists()
+
+
 def test_a_file_with_neither_size_nor_hash_is_never_promoted(run_module, tmp_path):
     listing = {"sha": COMMIT, "siblings": [{"rfilename": "w.bin"}]}
     with HostileHub(files={"w.bin": b"anything at all"}, listing=listing) as hub:

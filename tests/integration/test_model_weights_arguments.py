@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from support.hostile_hub import HostileHub, hf_listing, make_ca
 from support.mirror import DEV_COMMIT, TINY_COMMIT, TINY_REPO
 from support.playbook import run_local_playbook
 
@@ -117,3 +118,27 @@ def test_a_disk_too_small_is_refused_before_downloading(tmp_path, mirror_factory
     message = " ".join(failures(report))
     assert code != 0 and "localhost:" in message and "bytes are free" in message and "MiB headroom" in message
     assert not [path for path, _ in requests(server) if "/resolve/" in path]
+
+
+def test_the_mirror_gets_its_own_token_and_the_hub_its_own_over_verified_https(tmp_path):
+    # The mirror (plain http, a lab) answers 503, so the hub (https, a CA of the test's own) serves the model.
+    files = {"config.json": b'{"model_type": "tiny"}\n', "weights.bin": os.urandom(200_000)}
+    ca = make_ca(tmp_path / "ca", ["localhost", "IP:127.0.0.1"])
+    with HostileHub() as mirror, HostileHub(files=files, tls=ca) as hub:
+        for rev in ("main", TINY_COMMIT):
+            mirror.routes["/api/models/%s/revision/%s" % (TINY_REPO, rev)] = (503, {}, b"down")
+        hub.listing = hf_listing(files, TINY_COMMIT)
+        secrets = {"model_weights_mirror_url": mirror.url, "model_weights_mirror_token": "mirror-secret-1",
+                   "model_weights_token": "hub-secret-2", "model_weights_ca_bundle": ca["ca"],
+                   "model_weights_fetch_timeout": 120}
+        refused = run_role(tmp_path, tmp_path / "models", hub.url, json.dumps(secrets))
+        assert refused[0] != 0 and "model_weights_mirror_allow_insecure_token" in " ".join(failures(refused[2]))
+        assert mirror.requests == [] and hub.requests == []
+        allowed = json.dumps(dict(secrets, model_weights_mirror_allow_insecure_token=True))
+        code, _, report = run_role(tmp_path, tmp_path / "models", hub.url, allowed)
+        assert code == 0, failures(report)
+        assert mirror.auth_seen() == {"Bearer mirror-secret-1"}
+        assert hub.auth_seen() == {"Bearer hub-secret-2"}
+        assert "mirror-secret-1" not in json.dumps(report) and "hub-secret-2" not in json.dumps(report)
+    folder = tmp_path / "models" / "tiny" / TINY_COMMIT
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == files
