@@ -307,7 +307,7 @@ bytes_linked:
   returned: always
   type: int
 bytes_resumed:
-  description: Bytes found already downloaded in C(.part) files of an earlier run.
+  description: Bytes found already downloaded in part files (C(.autoglm/parts/)) of an earlier run.
   returned: always
   type: int
 endpoints:

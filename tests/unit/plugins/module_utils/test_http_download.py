@@ -188,3 +188,45 @@ def test_progress_writes_a_status_file(tmp_path):
     data = json.loads(status.read_text())
     assert data["bytes_done"] == 50 and data["bytes_total"] == 100 and data["bytes_fetched"] == 30
     assert data["state"] == "running" and "eta_s" in data and "rate_bytes_per_s" in data
+
+
+@pytest.mark.parametrize(("url", "sent"), [
+    ("https://hub.example:443/api/x", True),          # the same origin, the port written out
+    ("https://HUB.example/other/path", True),
+    ("http://hub.example/api/x", False),              # a downgrade to http on the same host
+    ("http://hub.example:443/api/x", False),          # ... even on the same port
+    ("https://hub.example:8443/api/x", False),        # another port
+    ("https://cdn.example/api/x", False),             # another host
+])
+def test_a_credential_goes_only_to_its_own_origin_over_https(url, sent):
+    credential = hd.Credential("s3cret", "https://hub.example")
+    assert bool(credential.header_for(url, verified_tls=True)) is sent
+    assert credential.header_for(url, verified_tls=False) == {}  # never to an unverified peer
+    assert "s3cret" not in repr(credential)
+
+
+def test_plain_http_gets_a_token_only_when_that_endpoint_allows_it():
+    assert hd.Credential("t", "http://mirror:8090").header_for("http://mirror:8090/x", True) == {}
+    lab = hd.Credential("t", "http://mirror:8090", allow_insecure=True)
+    assert lab.header_for("http://mirror:8090/x", True) == {"Authorization": "Bearer t"}
+    assert lab.header_for("http://mirror:8091/x", True) == {}
+
+
+class _Body:
+    def __init__(self, data: bytes, length: str | None = None):
+        self.data, self.length = data, length
+
+    def getheader(self, name):
+        return self.length if name == "Content-Length" else None
+
+    def read(self, n):
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+
+def test_read_bounded_refuses_past_the_limit_declared_or_not():
+    assert hd.read_bounded(_Body(b"x" * 100), 100, "w") == b"x" * 100
+    for body in (_Body(b"x" * 101), _Body(b"", length="101")):
+        with pytest.raises(hd.DownloadError) as err:
+            hd.read_bounded(body, 100, "listing")
+        assert err.value.kind == "too_large" and "the 100 " in err.value.message
