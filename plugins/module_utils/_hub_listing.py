@@ -126,9 +126,10 @@ def parse_ms(data, where: str, rev: str) -> tuple:
         if item["Type"] != "blob":
             continue  # folders ("tree")
         path, info = check_entry(item.get("Path"), item.get("Size"), item.get("Sha256"), None, at)
-        revision = check_hex(item.get("Revision"), 40, "%s (%r)" % (at, path), "Revision")
-        if revision:
-            commits.add(revision)
+        # A file's Revision is its commit on ModelScope; anything else there (a branch name) names no commit.
+        revision = item.get("Revision")
+        if isinstance(revision, str) and _manifest.is_hex(revision.lower(), 40):
+            commits.add(revision.lower())
         _add(files, path, info, at)
     commit = commits.pop() if len(commits) == 1 else rev
     return commit, files
