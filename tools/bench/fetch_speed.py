@@ -185,7 +185,8 @@ class Bench:
         size = self.files[big][0]
         dest = self.work / "dl-resume"
         shutil.rmtree(dest, ignore_errors=True)
-        record = dest / (big + ".part.ranges")
+        # model_fetch keeps parts under its state folder, named by a hash of the path.
+        record = dest / ".autoglm" / "parts" / (hashlib.sha256(big.encode()).hexdigest()[:40] + ".part.ranges")
         pattern = re.compile(r'"GET /%s/resolve/\w+/%s" \d+ (\d+)' % (re.escape(REPO_ID), re.escape(big)))
         try:
             with MirrorProcess(CACHE / "data", log_dir=self.work, **options) as server:
