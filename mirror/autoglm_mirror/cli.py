@@ -5,22 +5,41 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import sys
 
 from . import __version__, faults
 from .ingest import IngestError, ingest
-from .server import Config, make_server
+from .server import Config, make_server, tls_context
 from .store import Store, StoreError
 
 TOKEN_ENV = "AUTOGLM_MIRROR_TOKEN"
 
 
+MIN_TOKEN_LENGTH = 16
+
+
+class TokenError(ValueError):
+    pass
+
+
 def read_tokens(token_file: str | None) -> list[str]:
-    """Tokens from --token-file (one per line, '#' comments) and $AUTOGLM_MIRROR_TOKEN (comma-separated)."""
-    tokens = [t.strip() for t in os.environ.get(TOKEN_ENV, "").split(",") if t.strip()]
+    """Tokens, each taken whole: $AUTOGLM_MIRROR_TOKEN (one token, or one a line) and --token-file (one a line,
+    '#' comments). A comma is part of a token: splitting on it let a short tail like 'a' in as a token."""
+    lines = os.environ.get(TOKEN_ENV, "").splitlines()
     if token_file:
         with open(token_file, encoding="utf-8") as fh:
-            tokens += [line.strip() for line in fh if line.strip() and not line.startswith("#")]
+            lines += [line for line in fh.read().splitlines() if not line.startswith("#")]
+    tokens = []
+    for line in lines:
+        token = line.strip()
+        if not token:
+            continue
+        if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or not ch.isascii() for ch in token):
+            raise TokenError("a mirror token holds whitespace, control or non-ASCII characters: refused")
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise TokenError("a mirror token is shorter than %d characters: refused" % MIN_TOKEN_LENGTH)
+        tokens.append(token)
     return tokens
 
 
@@ -28,18 +47,33 @@ def serve(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.data):
         print("data directory %s does not exist; create it or ingest a snapshot into it first" % args.data, file=sys.stderr)
         return 2
-    tokens = read_tokens(args.token_file)
+    try:
+        tokens = read_tokens(args.token_file)
+    except (TokenError, OSError) as err:
+        print("bad token configuration: %s" % err, file=sys.stderr)
+        return 2
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("--tls-cert and --tls-key go together: give both (or neither, for plain http)", file=sys.stderr)
+        return 2
+    tls = None
+    if args.tls_cert:
+        try:
+            tls = tls_context(args.tls_cert, args.tls_key)
+        except (ssl.SSLError, OSError) as err:
+            print("cannot load the TLS certificate %s / key %s: %s" % (args.tls_cert, args.tls_key, err), file=sys.stderr)
+            return 2
     if args.protected_repo and not tokens:
         print("--protected-repo needs a token: give --token-file or set %s" % TOKEN_ENV, file=sys.stderr)
         return 2
     fault_config = faults.from_args(args)
     config = Config(Store(args.data), tokens=tokens, protected=args.protected_repo, faults=fault_config,
-                    page_size=args.page_size, access_log=not args.quiet)
-    server = make_server(config, args.bind, args.port)
+                    page_size=args.page_size, access_log=not args.quiet, idle_timeout=args.idle_timeout,
+                    request_timeout=args.request_timeout, max_connections=args.max_connections)
+    server = make_server(config, args.bind, args.port, tls)
     host, port = server.server_address[:2]
     # The fixture and the unit read this line to learn the port (with --port 0) and that we are up.
-    print("autoglm-mirror %s listening on %s port %d, data %s, %d protected pattern(s)%s"
-          % (__version__, host, port, os.path.abspath(args.data), len(args.protected_repo),
+    print("autoglm-mirror %s listening on %s port %d (%s), data %s, %d protected pattern(s)%s"
+          % (__version__, host, port, "https" if tls else "http", os.path.abspath(args.data), len(args.protected_repo),
              ", FAULTS: " + fault_config.describe() if fault_config.active else ""), file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -71,11 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--data", required=True, help="data directory (as written by ingest)")
     srv.add_argument("--bind", default="127.0.0.1", help="address to listen on (IPv4 or IPv6)")
     srv.add_argument("--port", type=int, default=8090, help="port (0: pick a free one and print it)")
-    srv.add_argument("--token-file", help="file with accepted bearer tokens, one per line (also $%s)" % TOKEN_ENV)
+    srv.add_argument("--token-file", help="file with accepted bearer tokens, one per line, each %d+ characters without blanks "
+                     "(also $%s: one token, or one per line; a comma is part of a token)" % (MIN_TOKEN_LENGTH, TOKEN_ENV))
     srv.add_argument("--protected-repo", action="append", default=[], metavar="ID_OR_GLOB",
                      help="repo id (or glob, '*' for all) that needs a bearer token; repeatable")
     srv.add_argument("--page-size", type=int, default=1000, help="tree entries per page (Link rel=next beyond)")
     srv.add_argument("--quiet", action="store_true", help="no access log")
+    srv.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) to serve https; needs --tls-key")
+    srv.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    srv.add_argument("--idle-timeout", type=float, default=30.0, metavar="SECONDS",
+                     help="close a keep-alive connection idle this long (default 30)")
+    srv.add_argument("--request-timeout", type=float, default=60.0, metavar="SECONDS",
+                     help="a request's line, headers and body must arrive within this, counted from when they "
+                          "start being awaited (after --idle-timeout at most); slower clients are cut off (default 60)")
+    srv.add_argument("--max-connections", type=int, default=512, metavar="N",
+                     help="open connections served at once; more get 503 with Retry-After (default 512)")
     faults.add_arguments(srv)
     srv.set_defaults(func=serve)
 

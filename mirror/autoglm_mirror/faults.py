@@ -1,4 +1,6 @@
-"""Fault and shaping controls for tests and benchmarks: all off unless a flag or environment variable sets them.
+"""Fault and shaping controls for tests and benchmarks: all off unless a flag sets them.
+
+The environment variables below count only with --faults-from-env.
 
 Each control applies to file downloads (`resolve` and the ModelScope file endpoint) whose repo path
 matches --fault-path (a glob, default every file); --fail-scope all extends the injected failures to
@@ -86,29 +88,43 @@ class Faults:
         return self._take("corrupt", self.corrupt_times)
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get("AUTOGLM_MIRROR_" + name, default)
+# name: (environment variable suffix, type); read only with --faults-from-env, so an environment file that
+# gains a line cannot switch faults on in a production mirror.
+ENV_CONTROLS = {
+    "rate_limit": ("RATE_LIMIT", int), "drop_after": ("DROP_AFTER", int), "drop_times": ("DROP_TIMES", int),
+    "fail_first": ("FAIL_FIRST", int), "fail_status": ("FAIL_STATUS", int), "retry_after": ("RETRY_AFTER", int),
+    "fail_scope": ("FAIL_SCOPE", str), "corrupt_path": ("CORRUPT_PATH", str), "corrupt_times": ("CORRUPT_TIMES", int),
+    "first_byte_delay": ("FIRST_BYTE_DELAY", float), "ignore_range": ("IGNORE_RANGE", lambda v: v in ("1", "true", "yes")),
+    "fault_path": ("FAULT_PATH", str),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("fault and shaping controls (tests and benchmarks only; off by default)")
-    group.add_argument("--rate-limit", type=int, default=int(_env("RATE_LIMIT", "0")), metavar="BYTES_PER_S")
-    group.add_argument("--drop-after", type=int, default=int(_env("DROP_AFTER", "-1")), metavar="BYTES")
-    group.add_argument("--drop-times", type=int, default=int(_env("DROP_TIMES", "0")), metavar="K")
-    group.add_argument("--fail-first", type=int, default=int(_env("FAIL_FIRST", "0")), metavar="K")
-    group.add_argument("--fail-status", type=int, choices=FAIL_STATUSES, default=int(_env("FAIL_STATUS", "503")))
-    group.add_argument("--retry-after", type=int, default=int(_env("RETRY_AFTER", "1")), metavar="SECONDS")
-    group.add_argument("--fail-scope", choices=("files", "all"), default=_env("FAIL_SCOPE", "files"))
-    group.add_argument("--corrupt-path", default=_env("CORRUPT_PATH", ""), metavar="GLOB")
-    group.add_argument("--corrupt-times", type=int, default=int(_env("CORRUPT_TIMES", "0")), metavar="K")
-    group.add_argument("--first-byte-delay", type=float, default=float(_env("FIRST_BYTE_DELAY", "0")), metavar="SECONDS")
-    group.add_argument("--ignore-range", action="store_true", default=_env("IGNORE_RANGE", "") in ("1", "true", "yes"))
-    group.add_argument("--fault-path", default=_env("FAULT_PATH", "*"), metavar="GLOB",
+    group.add_argument("--faults-from-env", action="store_true",
+                       help="also read the controls from $AUTOGLM_MIRROR_<NAME> (ignored without this flag)")
+    group.add_argument("--rate-limit", type=int, default=0, metavar="BYTES_PER_S")
+    group.add_argument("--drop-after", type=int, default=-1, metavar="BYTES")
+    group.add_argument("--drop-times", type=int, default=0, metavar="K")
+    group.add_argument("--fail-first", type=int, default=0, metavar="K")
+    group.add_argument("--fail-status", type=int, choices=FAIL_STATUSES, default=503)
+    group.add_argument("--retry-after", type=int, default=1, metavar="SECONDS")
+    group.add_argument("--fail-scope", choices=("files", "all"), default="files")
+    group.add_argument("--corrupt-path", default="", metavar="GLOB")
+    group.add_argument("--corrupt-times", type=int, default=0, metavar="K")
+    group.add_argument("--first-byte-delay", type=float, default=0.0, metavar="SECONDS")
+    group.add_argument("--ignore-range", action="store_true")
+    group.add_argument("--fault-path", default="*", metavar="GLOB",
                        help="repo file paths (e.g. '*.safetensors') the download faults apply to")
 
 
 def from_args(args: argparse.Namespace) -> Faults:
-    return Faults(rate_limit=args.rate_limit, drop_after=args.drop_after, drop_times=args.drop_times,
-                  fail_first=args.fail_first, fail_status=args.fail_status, retry_after=args.retry_after,
-                  fail_scope=args.fail_scope, corrupt_path=args.corrupt_path, corrupt_times=args.corrupt_times,
-                  first_byte_delay=args.first_byte_delay, ignore_range=args.ignore_range, fault_path=args.fault_path)
+    values = {name: getattr(args, name) for name in ENV_CONTROLS}
+    if args.faults_from_env:
+        for name, (suffix, convert) in ENV_CONTROLS.items():
+            raw = os.environ.get("AUTOGLM_MIRROR_" + suffix)
+            if raw is not None:
+                values[name] = convert(raw)
+        if values["fail_status"] not in FAIL_STATUSES:
+            raise ValueError("AUTOGLM_MIRROR_FAIL_STATUS must be one of %s" % (FAIL_STATUSES,))
+    return Faults(**values)

@@ -22,6 +22,7 @@ path (no query string), status and bytes: never a header, so never a token.
 from __future__ import annotations
 
 import base64
+import calendar
 import contextlib
 import fnmatch
 import hmac
@@ -29,6 +30,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -43,6 +45,11 @@ from .store import Snapshot, Store, StoreError, check_repo_path, lfs_pointer
 
 SEND_CHUNK = 8 << 20
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# More digits than any file size has: a longer number is clamped instead of parsed (int() refuses 4300+ digits).
+MAX_RANGE_DIGITS = 19
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+MAX_BODY = 4 << 20
 MS_DEFAULT_REVISIONS = ("master", "main")
 
 
@@ -58,7 +65,8 @@ class HttpError(Exception):
 class Config:
     def __init__(self, store: Store, tokens: list[str] | None = None, protected: list[str] | None = None,
                  faults: Faults | None = None, page_size: int = 1000, access_log: bool = True,
-                 send_timeout: float = 120.0):
+                 send_timeout: float = 120.0, idle_timeout: float = 30.0, request_timeout: float = 60.0,
+                 max_connections: int = 512):
         self.store = store
         self.tokens = [t for t in (tokens or []) if t]
         self.protected = list(protected or [])
@@ -66,6 +74,9 @@ class Config:
         self.page_size = page_size
         self.access_log = access_log
         self.send_timeout = send_timeout
+        self.idle_timeout = idle_timeout  # a keep-alive connection waiting longer for its next request is closed
+        self.request_timeout = request_timeout  # request line, headers and body must arrive within this
+        self.max_connections = max_connections
         self.log_lock = threading.Lock()
 
     def is_protected(self, repo_id: str) -> bool:
@@ -80,13 +91,18 @@ class Config:
 
 
 def split_path(raw: str) -> list[str]:
-    """Percent-decode each '/'-separated segment; refuse segments that decode to traversal or separators."""
-    segments = raw.split("/")[1:]
-    out = []
-    for seg in segments:
-        value = unquote(seg, errors="strict")
-        out.append(value)
-    return out
+    """Percent-decode each '/'-separated segment (traversal is refused where a segment is used as a path)."""
+    return [unquote(seg, errors="strict") for seg in raw.split("/")[1:]]
+
+
+def header_value(value: Any) -> str:
+    """A header value that cannot end the header: control characters (CR, LF...) and non-ASCII are escaped."""
+    text = str(value).encode("ascii", "backslashreplace").decode()
+    return CONTROL_CHARS.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+
+
+def _range_number(digits: str) -> int:
+    return int(digits) if len(digits) <= MAX_RANGE_DIGITS else 10 ** MAX_RANGE_DIGITS
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
@@ -100,12 +116,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     if first == "" and last == "":
         return None
     if first == "":
-        length = int(last)
+        length = _range_number(last)
         if length == 0 or size == 0:
             return "unsatisfiable"
         return max(0, size - length), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _range_number(first)
+    end = _range_number(last) if last else size - 1
     if last and end < start:
         return None
     if start >= size:
@@ -123,8 +139,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return self.server_version
-    timeout = 300  # idle keep-alive connections are closed after this long
     config: Config  # set on the subclass made by make_server
+
+    def setup(self) -> None:
+        self.timeout = self.config.idle_timeout
+        self.server.watch(self.request, self.config.request_timeout)  # covers a slow TLS handshake too
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
+
+    def finish(self) -> None:
+        self.server.unwatch(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
 
     # ---- plumbing -------------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:
@@ -141,12 +168,28 @@ class Handler(BaseHTTPRequestHandler):
         self._sent = 0
         self._status = None
         self._body_read = False
+        self._body_length: int | None = 0
+        # The request deadline runs from the wait for the request line until the answer starts.
+        self.server.watch(self.connection, self.config.idle_timeout + self.config.request_timeout)
         try:
             super().handle_one_request()
+        except (ConnectionError, TimeoutError, ssl.SSLError, ValueError):
+            self.close_connection = True  # the client went away or was cut off: nothing to answer, nothing to log
         finally:
+            self.server.unwatch(self.connection)
             if self._status is not None:
                 path = urlsplit(getattr(self, "path", "") or "").path
                 self.log_message('"%s %s" %s %d', getattr(self, "command", "-"), path, self._status, self._sent)
+
+    def send_header(self, keyword: str, value: Any) -> None:
+        # The one place header lines are written (ours and the standard library's): nothing can split them.
+        if not HEADER_NAME.match(keyword):
+            raise ValueError("header name %r is not a token" % keyword)
+        super().send_header(keyword, header_value(value))
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.server.unwatch(self.connection)  # the request is in; sending is bounded by send_timeout
+        super().send_response(code, message)
 
     def _send_headers(self, status: int, headers: dict[str, Any]) -> None:
         self.send_response(status)
@@ -166,7 +209,7 @@ class Handler(BaseHTTPRequestHandler):
         headers = dict(err.headers)
         if err.code:
             headers["X-Error-Code"] = err.code
-        headers["X-Error-Message"] = err.message.encode("ascii", "backslashreplace").decode()
+        headers["X-Error-Message"] = err.message
         if self.path.startswith("/api/v1/"):
             body = {"Code": err.status, "Message": err.message, "Success": False, "RequestId": ""}
         else:
@@ -184,20 +227,27 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         try:
+            self._body_length = None
+            self._body_length = self.declared_length()
             url = urlsplit(self.path)
             self.query = parse_qs(url.query, keep_blank_values=True)
             try:
                 parts = split_path(url.path)
             except UnicodeDecodeError:
-                raise HttpError(400, "path is not valid UTF-8") from None
+                raise HttpError(400, "path is not valid UTF-8", "BadRequest") from None
+            values = [*parts, *self.query, *(v for vs in self.query.values() for v in vs)]
+            if any(CONTROL_CHARS.search(v) for v in values):
+                raise HttpError(400, "control characters in the path or query", "BadRequest")
             self.route(parts)
+            if self._body_length and not self._body_read:
+                self.close_connection = True  # an unread body would be parsed as the next request
         except HttpError as err:
-            self._drain_body()
+            self._discard_body()
             self.send_http_error(err)
         except StoreError as err:
-            self._drain_body()
+            self._discard_body()
             self.send_http_error(HttpError(400, str(err), "BadRequest"))
-        except (BrokenPipeError, ConnectionResetError):
+        except (ConnectionError, TimeoutError, ssl.SSLError):
             self.close_connection = True
         except Exception as err:  # a bug must not kill the connection thread silently
             self.log_message("internal error: %s: %s", type(err).__name__, err)
@@ -205,11 +255,31 @@ class Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.send_http_error(HttpError(500, "internal server error"))
 
-    def _drain_body(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length and not getattr(self, "_body_read", False):
-            self.rfile.read(min(length, 1 << 20))
-            self._body_read = True
+    def declared_length(self) -> int:
+        """The framing rule: a body is framed by one Content-Length of digits, or the request is refused."""
+        if self.headers.get_all("Transfer-Encoding"):
+            raise HttpError(501, "Transfer-Encoding is not supported: send Content-Length", "BadRequest")
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        if not values:
+            return 0
+        if len(values) > 1:
+            raise HttpError(400, "conflicting Content-Length headers", "BadRequest")
+        value = values.pop()
+        if not value.isdigit() or not value.isascii() or len(value) > MAX_RANGE_DIGITS:
+            raise HttpError(400, "Content-Length is not a number", "BadRequest")
+        return int(value)
+
+    def _discard_body(self) -> None:
+        """Read an unread small body so keep-alive stays in step; otherwise close after the answer."""
+        length = self._body_length
+        if self._body_read or length == 0:
+            return
+        if length is None or length > MAX_BODY:
+            self.close_connection = True
+            return
+        self._body_read = True
+        if len(self.rfile.read(length)) < length:
+            self.close_connection = True
 
     def q(self, name: str, default: str = "") -> str:
         values = self.query.get(name)
@@ -259,8 +329,12 @@ class Handler(BaseHTTPRequestHandler):
     def authorize(self, repo_id: str) -> None:
         if self.config.is_protected(repo_id) and not self.config.token_ok(self.headers.get("Authorization")):
             given = self.headers.get("Authorization")
-            message = "Invalid credentials in Authorization header" if given else "Authentication required"
-            raise HttpError(401, message, None, {"WWW-Authenticate": 'Bearer realm="autoglm-mirror"'})
+            # As the hub does: huggingface_hub turns RepoNotFound on a 401 into "make sure you are authenticated";
+            # this exact message for a wrong token makes it say the credentials are invalid.
+            message = ("Invalid credentials in Authorization header" if given
+                       else "Repository %s needs a token: pass one (Authorization: Bearer TOKEN)" % repo_id)
+            raise HttpError(401, message, None if given else "RepoNotFound",
+                            {"WWW-Authenticate": 'Bearer realm="autoglm-mirror"'})
 
     def snapshot(self, repo_id: str, revision: str, ms: bool = False) -> Snapshot:
         self.authorize(repo_id)
@@ -268,7 +342,8 @@ class Handler(BaseHTTPRequestHandler):
         if not repo.exists():
             raise HttpError(404, "Repository %s not found" % repo_id, "RepoNotFound")
         commit = None
-        for rev in (MS_DEFAULT_REVISIONS if ms and not revision else (revision,)):
+        # ModelScope clients ask for master by default; a repo ingested with main only serves main for it.
+        for rev in (MS_DEFAULT_REVISIONS if ms and revision in ("", "master") else (revision,)):
             commit = repo.resolve(rev)
             if commit:
                 break
@@ -360,19 +435,25 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(404, "Entry %s not found in %s@%s" % (path, snap.repo_id, snap.commit), "EntryNotFound")
 
     def read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > 4 << 20:
-            raise HttpError(413, "request body too large")
+        length = self._body_length or 0
+        if length > MAX_BODY:
+            raise HttpError(413, "request body too large", "BadRequest")
         self._body_read = True
-        return self.rfile.read(length) if length else b""
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            self.close_connection = True
+            raise ConnectionResetError("body ended early")
+        return body
 
     def paths_info(self, repo_id: str, revision: str) -> None:
         body = self.read_body()
         if (self.headers.get("Content-Type") or "").startswith("application/json"):
             try:
                 data = json.loads(body or b"{}")
-            except ValueError:
-                raise HttpError(400, "body is not JSON", "BadRequest") from None
+            except (ValueError, RecursionError):
+                raise HttpError(400, "body is not JSON (or nested too deeply)", "BadRequest") from None
+            if not isinstance(data, dict):
+                raise HttpError(400, "body is not a JSON object", "BadRequest")
             paths, expand = data.get("paths", []), bool(data.get("expand"))
             if isinstance(paths, str):
                 paths = [paths]
@@ -439,8 +520,18 @@ class Handler(BaseHTTPRequestHandler):
         if not repo.exists():
             raise HttpError(404, "Repository %s not found" % repo_id, "RepoNotFound")
         refs = repo.refs()
+
+        def created_at(commit: str) -> int:
+            snap = repo.snapshot(commit)  # when the revision was ingested
+            if snap is None:
+                return 0
+            return int(calendar.timegm(time.strptime(snap.created[:19], "%Y-%m-%dT%H:%M:%S")))
+
         def items(kind: str) -> list[dict[str, Any]]:
-            return [{"Revision": n, "CommitId": c, "CreatedAt": 0, "Message": ""} for n, c in sorted(refs[kind].items())]
+            # Newest first, as ModelScope lists them: its client takes the newest tag older than its release.
+            out = [{"Revision": n, "CommitId": c, "CreatedAt": created_at(c), "Message": ""}
+                   for n, c in sorted(refs[kind].items())]
+            return sorted(out, key=lambda item: -item["CreatedAt"])
         self.send_json(200, {"Code": 200, "Data": {"RevisionMap": {"Branches": items("branches"), "Tags": items("tags")}},
                              "Message": "success", "Success": True, "RequestId": ""})
 
@@ -511,10 +602,13 @@ class Handler(BaseHTTPRequestHandler):
         rate = faults.rate_limit if faults.active and faults.matches(path) else 0
         to_send = length if drop < 0 else min(length, drop)
         sock = self.connection
-        # sendfile needs a blocking socket; SO_SNDTIMEO still bounds a stalled client.
-        sock.settimeout(None)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                        struct.pack("ll", int(self.config.send_timeout), 0))
+        if isinstance(sock, ssl.SSLSocket):
+            sock.settimeout(self.config.send_timeout)  # TLS bodies are encrypted in user space: no sendfile
+        else:
+            # sendfile needs a blocking socket; SO_SNDTIMEO still bounds a stalled client.
+            sock.settimeout(None)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                            struct.pack("ll", int(self.config.send_timeout), 0))
         try:
             if corrupt:
                 first = bytearray(os.pread(fd, 1, offset))
@@ -532,13 +626,18 @@ class Handler(BaseHTTPRequestHandler):
                 sock.shutdown(socket.SHUT_RDWR)
 
     def _sendfile(self, sock: socket.socket, fd: int, offset: int, count: int, rate: int) -> None:
-        out = sock.fileno()
-        chunk = SEND_CHUNK if not rate else max(1024, rate // 20)
+        tls = isinstance(sock, ssl.SSLSocket)
+        chunk = (1 << 20 if tls else SEND_CHUNK) if not rate else max(1024, rate // 20)
         started = time.monotonic()
         sent_here = 0
         while count > 0:
             try:
-                n = os.sendfile(out, fd, offset, min(chunk, count))
+                if tls:
+                    data = os.pread(fd, min(chunk, count), offset)
+                    sock.sendall(data)
+                    n = len(data)
+                else:
+                    n = os.sendfile(sock.fileno(), fd, offset, min(chunk, count))
             except BlockingIOError:
                 raise ConnectionResetError("send timed out") from None
             if n == 0:
@@ -554,13 +653,93 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class MirrorServer(ThreadingHTTPServer):
+    """One thread per connection, at most config.max_connections; deadlines enforced from the accept loop."""
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
+    config: Config
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._deadlines: dict[Any, float] = {}
+        self._deadline_lock = threading.Lock()
+        self._active = 0
+
+    def watch(self, conn: Any, seconds: float) -> None:
+        with self._deadline_lock:
+            self._deadlines[conn] = time.monotonic() + seconds
+
+    def unwatch(self, conn: Any) -> None:
+        with self._deadline_lock:
+            self._deadlines.pop(conn, None)
+
+    def service_actions(self) -> None:
+        """Called by serve_forever every poll interval: cut off connections past their deadline (slow clients)."""
+        now = time.monotonic()
+        with self._deadline_lock:
+            late = [conn for conn, deadline in self._deadlines.items() if deadline < now]
+            for conn in late:
+                del self._deadlines[conn]
+        for conn in late:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)  # the handler's blocked read returns and the thread ends
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._deadline_lock:
+            full = self._active >= self.config.max_connections
+            if not full:
+                self._active += 1
+        if full:
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._deadline_lock:
+            self._active -= 1
+
+    def _refuse_busy(self, request: Any) -> None:
+        """Over the connection cap: a short 503 from the accept loop, never blocking it, then close."""
+        body = b'{"error": "too many connections"}'
+        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                "Retry-After: 1\r\nX-Error-Message: too many connections\r\nConnection: close\r\n\r\n" % len(body))
+        with contextlib.suppress(OSError):
+            if not isinstance(request, ssl.SSLSocket):  # no handshake yet on a TLS one: just close it
+                request.setblocking(False)
+                request.send(head.encode() + body)
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        err = sys.exc_info()[1]
+        if isinstance(err, (OSError, ValueError)):  # a client that reset, timed out or failed the TLS handshake
+            return
+        super().handle_error(request, client_address)
 
 
-def make_server(config: Config, bind: str, port: int) -> MirrorServer:
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context from PEM files, TLS 1.2 at least; ssl.SSLError or OSError when they do not load."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def make_server(config: Config, bind: str, port: int, tls: ssl.SSLContext | None = None) -> MirrorServer:
     handler = type("BoundHandler", (Handler,), {"config": config})
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    server_class = type("BoundServer", (MirrorServer,), {"address_family": family})
-    return server_class((bind, port), handler)
+    server_class = type("BoundServer", (MirrorServer,), {"address_family": family, "config": config})
+    server = server_class((bind, port), handler)
+    if tls is not None:
+        # The handshake happens in the connection's thread (Handler.setup), so a slow one cannot stall accept().
+        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    return server

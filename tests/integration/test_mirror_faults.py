@@ -128,10 +128,12 @@ def test_faults_are_announced_and_off_by_default(mirror, mirror_factory):
     assert "FAULTS: " in server.log() and "fail_first=1" in server.log()
 
 
-def test_environment_variables_switch_faults_on(mirror_data, tmp_path):
+def test_environment_variables_switch_faults_on_only_with_the_flag(mirror_data, tmp_path):
     from support.mirror import MirrorProcess
 
-    with MirrorProcess(mirror_data, log_dir=tmp_path, env={"AUTOGLM_MIRROR_FAIL_FIRST": "1",
-                                                           "AUTOGLM_MIRROR_FAIL_STATUS": "429"}) as server:
+    env = {"AUTOGLM_MIRROR_FAIL_FIRST": "1", "AUTOGLM_MIRROR_FAIL_STATUS": "429"}
+    with MirrorProcess(mirror_data, log_dir=tmp_path, env=env) as server:
+        assert get(server.url, CONFIG_PATH)[0].status == 200  # an injected env line alone does nothing
+    with MirrorProcess(mirror_data, log_dir=tmp_path, env=env, faults_from_env=True) as server:
         assert get(server.url, CONFIG_PATH)[0].status == 429
         assert get(server.url, CONFIG_PATH)[0].status == 200

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -42,7 +43,7 @@ DEV_COMMIT = "2" * 40
 PRIVATE_REPO = "test-org/private-tiny"
 PRIVATE_COMMIT = "3" * 40
 TOKEN = "hf_test_token_0123456789abcdef"
-LISTENING = re.compile(r"listening on (\S+) port (\d+)")
+LISTENING = re.compile(r"listening on (\S+) port (\d+)(?: \((https?)\))?")
 
 
 def _env() -> dict[str, str]:
@@ -87,10 +88,11 @@ class MirrorProcess:
     """`autoglm_mirror serve` on 127.0.0.1 with a free port; start() waits until /health answers 200."""
 
     def __init__(self, data: str | os.PathLike, log_dir: str | os.PathLike | None = None, env: dict | None = None,
-                 **options: Any):
+                 cafile: str | os.PathLike | None = None, **options: Any):
         self.data = Path(data)
         self.options = options
         self.extra_env = env or {}
+        self.ssl_context = ssl.create_default_context(cafile=str(cafile)) if cafile else None  # for https servers
         log_dir = Path(log_dir) if log_dir else self.data.parent
         self.log_path = log_dir / ("mirror-%d-%d.log" % (os.getpid(), time.monotonic_ns()))
         self.proc: subprocess.Popen | None = None
@@ -109,7 +111,7 @@ class MirrorProcess:
             match = LISTENING.search(self.log())
             if match:
                 self.port = int(match.group(2))
-                self.url = "http://127.0.0.1:%d" % self.port
+                self.url = "%s://127.0.0.1:%d" % (match.group(3) or "http", self.port)
                 if self._healthy():
                     return self
             time.sleep(0.05)
@@ -118,7 +120,7 @@ class MirrorProcess:
 
     def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
+            with urllib.request.urlopen(self.url + "/health", timeout=2, context=self.ssl_context) as resp:
                 return resp.status == 200
         except OSError:
             return False
