@@ -44,10 +44,13 @@ def test_service_runs_under_its_own_user(host):
 def test_secrets_file_is_root_only_and_key_not_in_argv(host):
     env = host.file("/etc/autoglm-inference/%s.env" % UNIT)
     assert env.user == "root" and env.mode == 0o600
-    assert "AUTOGLM_SERVE_API_KEY=%s" % KEY in env.content_string
+    assert 'AUTOGLM_SERVE_API_KEY="%s"' % KEY in env.content_string
     pid = host.check_output("systemctl show -P MainPID %s", UNIT)
     assert KEY not in host.file("/proc/%s/cmdline" % pid).content_string
     assert KEY not in host.check_output("journalctl -u %s --no-pager", UNIT)
+    # systemd's own env-file parser read the quoted line back to exactly the configured key.
+    environ = host.check_output("tr '\\0' '\\n' < /proc/%s/environ", pid).splitlines()
+    assert "AUTOGLM_SERVE_API_KEY=" + KEY in environ
 
 
 def test_health_is_200(host):
