@@ -16,8 +16,18 @@ connections cost little CPU. Endpoints:
     GET  /api/v1/models/ORG/NAME                                   ModelScope model info
 
 Errors carry Hugging Face's X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound) and a JSON
-body. Protected repos need `Authorization: Bearer TOKEN` (401 otherwise). The access log has method,
-path (no query string), status and bytes: never a header, so never a token.
+body. Protected repos need `Authorization: Bearer TOKEN` (401 otherwise, with RepoNotFound when no token
+was sent, as the hub does). The access log has method, path (no query string), status and bytes: never a
+header, so never a token.
+
+Hostile clients: every header line goes through Handler.send_header, which escapes control characters;
+paths and query values holding them are refused with 400. A body is framed by one numeric Content-Length
+or the request is refused (Transfer-Encoding: 501) and the connection closed; a body left unread closes
+the connection too, so it is never parsed as the next request. Request line, headers and body must arrive
+within --request-timeout, idle keep-alive connections close after --idle-timeout, and past
+--max-connections a connection gets a 503 with Retry-After from the accept loop. With --tls-cert and
+--tls-key it serves HTTPS (TLS 1.2 or later; the handshake runs in the connection's thread, under the
+deadline; bodies are encrypted in user space, without sendfile).
 """
 from __future__ import annotations
 
