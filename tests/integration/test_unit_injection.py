@@ -44,7 +44,7 @@ def test_hostile_value_is_refused_first_naming_the_variable(tmp_path, role, var,
     failed = [t for t in tasks if any(r.get("failed") for r in t["hosts"].values())]
     assert failed, output
     # The first task after argument validation fails, before any task could write or probe anything.
-    first = [t for t in tasks if "argument" not in t["task"]["name"].lower()][0]
+    first = next(t for t in tasks if "argument" not in t["task"]["name"].lower())
     assert failed[0] is first, [t["task"]["name"] for t in tasks]
     message = json.dumps(failed[0]["hosts"])
     assert var in message
@@ -53,7 +53,7 @@ def test_hostile_value_is_refused_first_naming_the_variable(tmp_path, role, var,
 
 
 def test_empty_api_key_is_refused_unless_allowed(tmp_path):
-    rc, report, output = run_role("inference_service", tmp_path, {"inference_service_api_key": ""})
+    rc, _report, output = run_role("inference_service", tmp_path, {"inference_service_api_key": ""})
     assert rc != 0 and "inference_service_allow_unauthenticated" in output
 
 
