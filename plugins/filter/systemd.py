@@ -74,6 +74,8 @@ _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.-]+")
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # One blank-free token of a list directive (RestrictAddressFamilies=, IPAddressAllow=).
 _WORD = re.compile(r"[A-Za-z0-9_.:/+-]+")
+# MemoryMax=, TasksMax= and the like: a size with an optional K/M/G/T suffix, a percentage, or infinity.
+_RESOURCE_LIMIT = re.compile(r"infinity|[0-9]+(\.[0-9]+)?[KMGT]?|[0-9]+(\.[0-9]+)?%")
 # Inside double quotes systemd's env-file parser unescapes exactly these (SHELL_NEED_ESCAPE); older and newer
 # versions agree on them, so nothing else is escaped.
 _ENV_ESCAPES = {'"': '\\"', "\\": "\\\\", "$": "\\$", "`": "\\`"}
@@ -135,6 +137,7 @@ _KINDS = {
     "user": _pattern_problem(_USER_NAME, "a user or group name (useradd: [a-z_][a-z0-9_-]*, 32 at most)"),
     "env_name": _pattern_problem(_ENV_NAME, "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"),
     "word": _pattern_problem(_WORD, "one word (letters, digits, '_', '.', ':', '/', '+', '-')"),
+    "resource_limit": _pattern_problem(_RESOURCE_LIMIT, "a resource limit (bytes with K/M/G/T, a percentage, or infinity)"),
 }
 
 
