@@ -94,7 +94,7 @@ def test_security_exposure_of_the_builtin_unit_is_low(host):
     out = host.check_output("systemd-analyze security --no-pager %s", UNIT)
     score = float(re.search(r"Overall exposure level for %s\.service: ([\d.]+)" % UNIT, out).group(1))
     print("systemd-analyze security exposure: %.1f" % score)
-    assert score <= 4.0
+    assert score <= 2.0
 
 
 def test_prometheus_file_sd_lists_every_node(host):

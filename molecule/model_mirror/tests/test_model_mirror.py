@@ -3,6 +3,7 @@ sandboxed unit under its own user, HF answers with the right headers, restarts o
 from __future__ import annotations
 
 import json
+import re
 
 PORT = 8090
 SNAP = "/srv/incoming/tiny"
@@ -108,3 +109,10 @@ def test_ingest_does_not_restart_but_a_new_token_does(host):
     assert pids["converged"] == pids["ingested"] != "0"
     assert pids["rotated"] not in (pids["ingested"], "0")
     assert pids["rotated"] == host.run("systemctl show -p MainPID --value autoglm-mirror").stdout.strip()
+
+
+def test_security_exposure_of_the_unit_is_low(host):
+    out = host.check_output("systemd-analyze security --no-pager autoglm-mirror")
+    score = float(re.search(r"Overall exposure level for autoglm-mirror\.service: ([\d.]+)", out).group(1))
+    print("systemd-analyze security exposure: %.1f" % score)
+    assert score <= 2.0
