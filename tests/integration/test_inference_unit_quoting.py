@@ -18,7 +18,8 @@ AWKWARD = [
     '{"a": [1, 2]}',     # JSON with spaces
 ]  # control characters (C escapes) are checked against a real systemd in molecule/inference_service
 CASES = {"vllm": {"backend": "vllm", "extra": []}, "sglang": {"backend": "sglang", "extra": []},
-         "awkward": {"backend": "transformers", "extra": [w for arg in AWKWARD for w in ("--note", arg)]}}
+         "awkward": {"backend": "transformers", "extra": [w for arg in AWKWARD for w in ("--note", arg)]},
+         "allowlist": {"backend": "transformers", "extra": [], "allow": ["10.0.0.0/8", "192.0.2.10"]}}
 
 PLAYBOOK = """
 - hosts: localhost
@@ -39,6 +40,7 @@ PLAYBOOK = """
         inference_service_model_path: /srv/models/autoglm/current
         inference_service_backend: "{{{{ item.value.backend }}}}"
         inference_service_transformers_extra_args: "{{{{ item.value.extra }}}}"
+        inference_service_ip_address_allow: "{{{{ item.value.allow | default([]) }}}}"
       loop: "{{{{ cases | dict2items }}}}"
 """
 
@@ -82,3 +84,10 @@ def test_sglang_json_flag_keeps_its_quotes(units):
 def test_extra_args_reach_the_engine_unchanged(units):
     argv = exec_argv(units["awkward"])
     assert argv[-2 * len(AWKWARD):] == [w for arg in AWKWARD for w in ("--note", arg)]
+
+
+def test_an_allow_list_denies_every_other_address_but_loopback(units):
+    assert "IPAddressDeny=any\nIPAddressAllow=localhost 10.0.0.0/8 192.0.2.10\n" in units["allowlist"]
+    assert "IPAddress" not in units["vllm"]  # empty: no network filter at all
+    # Raw: MemoryMax= takes no specifiers, so systemd would refuse "90%%".
+    assert "MemoryMax=90%\nTasksMax=16384\n" in units["vllm"]

@@ -26,6 +26,10 @@ HOSTILE = [
     ("model_mirror", "model_mirror_service", "../evil"),
     ("model_mirror", "model_mirror_user", "m\nExecStartPre=+/bin/id"),
     ("model_mirror", "model_mirror_data_dir", "relative/data"),
+    ("inference_service", "inference_service_memory_max", "90%\nExecStartPre=+/bin/id"),
+    ("inference_service", "inference_service_ip_address_allow", ["10.0.0.0/8\nExecStartPre=+/bin/id"]),
+    ("model_mirror", "model_mirror_tasks_max", "lots"),
+    ("model_mirror", "model_mirror_ip_address_allow", ["10.0.0.0/8 any"]),
 ]
 
 
