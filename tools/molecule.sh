@@ -9,4 +9,10 @@ activate_tools
 ensure_lab_pki
 export NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
 cd "$REPO_ROOT"
+if [ "$action" = test ]; then
+  # Leftover nodes of an interrupted run (every scenario's nodes join this network), removed under the lock.
+  exec flock /var/lock/autoglm-molecule.lock bash -c '
+    docker ps -aq --filter network=autoglm-molecule | xargs -r docker rm -f >/dev/null
+    exec molecule test -s "$1"' _ "$scenario"
+fi
 exec flock /var/lock/autoglm-molecule.lock molecule "$action" -s "$scenario"
