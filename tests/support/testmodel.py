@@ -26,6 +26,14 @@ def load_builder():
     return module
 
 
+def model_or_tiny(model, work: Path) -> Path:
+    """The benchmarks' model: the one given, else the seeded tiny model built into work."""
+    if model is not None:
+        return model
+    load_builder().build_tiny_model(work / "tiny", seed=0)
+    return work / "tiny"
+
+
 def _shared_root(tmp_path_factory) -> Path:
     # Under xdist every worker has its own basetemp below one common parent: build there once.
     base = tmp_path_factory.getbasetemp()

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 from support.serve import RawConnection, ServeProcess, chat_request, peak_rss_reset, post_json, rss_kib
-from support.testmodel import load_builder
+from support.testmodel import model_or_tiny
 
 UNITS = {"K": 1 << 10, "M": 1 << 20}
 
@@ -64,10 +64,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="serve-rss-") as tmp:
         work = Path(tmp)
-        model = args.model
-        if model is None:
-            model = work / "tiny"
-            load_builder().build_tiny_model(model, seed=0)
+        model = model_or_tiny(args.model, work)
         with ServeProcess(model, args=["--log-level", "warning", *args.server_arg], log_path=work / "serve.log") as srv:
             srv.wait_healthy()
             status, _ = post_json(srv.base + "/v1/chat/completions", {

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "server"))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from autoglm_serve.engine import Engine, Job, Sampling
 from support.serve import ServeProcess, post_json  # one home for starting the server
-from support.testmodel import load_builder
+from support.testmodel import model_or_tiny
 
 PROMPT = "Open the settings app, turn on airplane mode, then go back to the home screen."
 
@@ -196,10 +196,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         work = Path(tmp)
-        model = args.model
-        if model is None:
-            model = work / "tiny"
-            load_builder().build_tiny_model(model, seed=0)
+        model = model_or_tiny(args.model, work)
         results = measure(model, args, work)
     report(results, args)
     return 0
