@@ -1,4 +1,4 @@
-"""Command line: `serve` the data directory, `ingest` a snapshot into it."""
+"""Command line: `serve` the data directory, `ingest` a snapshot into it, `verify` (and repair) a snapshot."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +7,13 @@ import os
 import signal
 import ssl
 import sys
+import threading
 
 from . import __version__, faults
 from .ingest import IngestError, ingest
 from .server import Config, make_server, tls_context
 from .store import Store, StoreError
+from .verify import VerifyError, verify_snapshot
 
 TOKEN_ENV = "AUTOGLM_MIRROR_TOKEN"
 
@@ -65,10 +67,16 @@ def serve(args: argparse.Namespace) -> int:
     if args.protected_repo and not tokens:
         print("--protected-repo needs a token: give --token-file or set %s" % TOKEN_ENV, file=sys.stderr)
         return 2
+    if args.wheelhouse and not os.path.isdir(args.wheelhouse):
+        print("--wheelhouse %s is not a directory: create it (or drop the option)" % args.wheelhouse, file=sys.stderr)
+        return 2
     fault_config = faults.from_args(args)
     config = Config(Store(args.data), tokens=tokens, protected=args.protected_repo, faults=fault_config,
                     page_size=args.page_size, access_log=not args.quiet, idle_timeout=args.idle_timeout,
-                    request_timeout=args.request_timeout, max_connections=args.max_connections)
+                    request_timeout=args.request_timeout, max_connections=args.max_connections,
+                    wheelhouse=args.wheelhouse)
+    if config.wheelhouse:
+        threading.Thread(target=config.warm_wheels, name="warm-wheels", daemon=True).start()
     server = make_server(config, args.bind, args.port, tls)
     host, port = server.server_address[:2]
     # The fixture and the unit read this line to learn the port (with --port 0) and that we are up.
@@ -96,6 +104,18 @@ def run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_verify(args: argparse.Namespace) -> int:
+    try:
+        result = verify_snapshot(args.data, args.repo, args.commit, src=args.src, dry_run=args.dry_run,
+                                 use_cache=not args.no_cache)
+    except (VerifyError, StoreError, OSError) as err:
+        print("verify failed: %s" % err, file=sys.stderr)
+        return 1
+    print(json.dumps(result, sort_keys=True))
+    unrepaired = set(result["bad"] + result["missing"] + result["linked"]) - set(result["repaired"])
+    return 3 if unrepaired and not args.dry_run else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoglm-mirror", description="Hugging Face / ModelScope compatible model mirror")
     parser.add_argument("--version", action="version", version=__version__)
@@ -120,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "start being awaited (after --idle-timeout at most); slower clients are cut off (default 60)")
     srv.add_argument("--max-connections", type=int, default=512, metavar="N",
                      help="open connections served at once; more get 503 with Retry-After (default 512)")
+    srv.add_argument("--wheelhouse", metavar="DIR",
+                     help="serve the *.whl and *.tar.gz files of DIR (and of its set folders) at /wheels/ for "
+                          "pip --find-links, without a token")
     faults.add_arguments(srv)
     srv.set_defaults(func=serve)
 
@@ -130,10 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--ref", action="append", default=[], metavar="BRANCH", help="branch to point at it (default main)")
     ing.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag to point at it")
     ing.add_argument("--src", required=True, help="directory holding the snapshot's files")
-    ing.add_argument("--link", action="store_true", help="hard-link files instead of copying when possible")
+    ing.add_argument("--link", action="store_true",
+                     help="accepted for old callers; files are always copied (a reflink where the filesystem can)")
     ing.add_argument("--force", action="store_true", help="replace an existing commit that has other content")
     ing.add_argument("--dry-run", action="store_true", help="hash and report what would change, write nothing")
     ing.set_defaults(func=run_ingest)
+
+    ver = sub.add_parser("verify", help="check a snapshot's files against its index; repair them with --src")
+    ver.add_argument("--data", required=True)
+    ver.add_argument("--repo", required=True, metavar="ORG/NAME")
+    ver.add_argument("--commit", required=True, help="40-hex commit id of the snapshot")
+    ver.add_argument("--src", help="verified copy of the same revision: bad, missing or hard-linked files are "
+                                   "replaced from it (bad ones moved to DATA/quarantine/)")
+    ver.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    ver.add_argument("--no-cache", action="store_true", help="rehash every file (bit rot keeps a file's identity)")
+    ver.set_defaults(func=run_verify)
     return parser
 
 

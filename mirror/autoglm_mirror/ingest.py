@@ -1,7 +1,10 @@
 """`ingest`: add a snapshot from a local directory under a repo id and commit, and point refs at it.
 
-Each file is read once: sha256 and the git blob sha1 are computed while it is copied (or, with
---link, while it is read after being hard-linked). Files land in a staging directory that is renamed
+Files are copied, never hard-linked: a hard link made the mirror's file and the seed's one inode, so
+one corruption hit both. The copy is a reflink where the filesystem shares extents (FICLONE: Btrfs,
+XFS with reflink=1; no extra disk until one side is written), else copy_file_range, else a plain copy
+(the store then holds a second copy of the model on disk). Hashes (sha256, git blob sha1) are computed
+from the copy as it lands. --link is accepted for old callers and copies. Files land in a staging directory that is renamed
 into place, then the index is written, then refs: a reader sees the old state or the new one.
 Re-ingesting the same content is a no-op (`"changed": false`), so configuration management can rerun it.
 Symlinks inside the source (a Hugging Face cache snapshot is made of them) are followed; the data
@@ -17,6 +20,7 @@ import time
 from typing import Any
 
 from .store import COMMIT, REF_NAME, StoreError, check_repo_id, check_repo_path, is_lfs
+from .verify import cache_path, clone_or_copy, file_key, write_cache
 
 CHUNK = 8 << 20
 # Not content: git metadata, huggingface_hub's local_dir state, and autoglm.deploy's own (manifest, verify
@@ -59,15 +63,13 @@ def hash_file(src: str, dest: str | None) -> dict[str, Any]:
     return {"size": size, "sha256": sha256.hexdigest(), "git_sha1": sha1.hexdigest()}
 
 
-def _place(src: str, dest: str, link: bool) -> dict[str, Any]:
+def _place(src: str, dest: str) -> dict[str, Any]:
+    """Copy src to dest as a new inode (reflink when possible) and hash what landed."""
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    if link:
-        try:
-            os.link(os.path.realpath(src), dest)
-            return hash_file(dest, None)
-        except OSError:
-            pass  # another filesystem or no permission: copy instead
-    info = hash_file(src, dest)
+    if clone_or_copy(os.path.realpath(src), dest, plain=False) is None:
+        info = hash_file(src, dest)  # one read for both the copy and the hashes
+    else:
+        info = hash_file(dest, None)
     os.chmod(dest, 0o644)
     return info
 
@@ -114,6 +116,9 @@ def _publish(snapshots: str, commit: str, staging: str, files: list[dict[str, An
     if os.path.lexists(snap_dir):
         shutil.rmtree(snap_dir)
     os.rename(staging, snap_dir)
+    # The identities of the files just hashed: the server trusts them without hashing them again.
+    write_cache(cache_path(snapshots, commit), {f["path"]: {"key": file_key(os.lstat(os.path.join(snap_dir, *f["path"].split("/")))),
+                                                           "sha256": f["sha256"]} for f in files})
     created = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
     _write_json(index_path, {"format": 1, "repo": repo_id, "commit": commit, "created": created, "files": files})
 
@@ -147,7 +152,7 @@ def ingest(data: str, repo_id: str, src: str, commit: str | None = None, branche
         else:
             os.makedirs(snapshots, exist_ok=True)
             staging = os.path.join(snapshots, ".incoming-%d-%d" % (os.getpid(), time.time_ns()))
-            files = _describe([dict(path=p, **_place(os.path.join(src, p), os.path.join(staging, *p.split("/")), link))
+            files = _describe([dict(path=p, **_place(os.path.join(src, p), os.path.join(staging, *p.split("/"))))
                                for p in paths])
         if commit is None:
             commit = content_commit(files)
@@ -160,7 +165,7 @@ def ingest(data: str, repo_id: str, src: str, commit: str | None = None, branche
             if staging is None:
                 os.makedirs(snapshots, exist_ok=True)
                 staging = os.path.join(snapshots, ".incoming-%d-%d" % (os.getpid(), time.time_ns()))
-                files = _describe([dict(path=p, **_place(os.path.join(src, p), os.path.join(staging, *p.split("/")), link))
+                files = _describe([dict(path=p, **_place(os.path.join(src, p), os.path.join(staging, *p.split("/"))))
                                    for p in paths])
             _publish(snapshots, commit, staging, files, repo_id)
             staging = None

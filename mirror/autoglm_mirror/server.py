@@ -14,6 +14,23 @@ connections cost little CPU. Endpoints:
     GET|HEAD /api/v1/models/ORG/NAME/repo?Revision=&FilePath=      ModelScope file, Range
     GET  /api/v1/models/ORG/NAME/revisions                         ModelScope branches and tags
     GET  /api/v1/models/ORG/NAME                                   ModelScope model info
+    GET|HEAD /wheels/[SET/]                                        (--wheelhouse) pip --find-links page, no token
+    GET|HEAD /wheels/[SET/]FILE                                    a wheel or sdist, Range
+
+No complete body of a store file is sent unless its bytes hash to the sha256 of its index. A file
+whose identity (dev, inode, size, mtime_ns, ctime_ns) is not yet known good is hashed as it goes out
+and its last piece (VERIFY_CHUNK) is held until the digest is in: on a mismatch the connection is cut
+before it, so the client sees a short body and retries or falls back, never a whole bad file. A Range
+that is not the whole file cannot be judged alone: the first one hashes the whole file before any byte
+is sent (about 3 s per 5 GB at 1.5 GB/s, once per identity; concurrent parts wait for that one hash);
+later ones, and every request after a good verdict, go out with sendfile, unhashed. Identities that
+`ingest` or `verify` recorded in SHA.verified.json count as known good. A bad file is quarantined: the
+QUARANTINED line is logged and every later request for it gets 503 with Retry-After (HEAD too) until it
+is replaced (a new identity), e.g. by `autoglm-mirror verify --src`. The server stays read-only to the
+store (a compromised server cannot rewrite models): moving the bad file aside is the repair's job.
+
+The wheelhouse listing hashes each file once per identity (and the whole wheelhouse in the background
+at start), so a listing never rehashes gigabytes.
 
 Errors carry Hugging Face's X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound) and a JSON
 body. Protected repos need `Authorization: Bearer TOKEN` (401 otherwise, with RepoNotFound when no token
@@ -35,7 +52,9 @@ import base64
 import calendar
 import contextlib
 import fnmatch
+import hashlib
 import hmac
+import html
 import json
 import os
 import re
@@ -52,6 +71,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from . import __version__
 from .faults import Faults
 from .store import Snapshot, Store, StoreError, check_repo_path, lfs_pointer
+from .verify import Verdicts, file_key, sha256_fd
 
 SEND_CHUNK = 8 << 20
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -61,6 +81,15 @@ CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 MAX_BODY = 4 << 20
 MS_DEFAULT_REVISIONS = ("master", "main")
+# A file being hashed on its way out is sent in pieces this size; the last piece waits for the verdict.
+VERIFY_CHUNK = 1 << 20
+QUARANTINE_RETRY_AFTER = 300
+WHEEL_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,250}\.(?:whl|tar\.gz)$")
+WHEEL_SET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class BadBytes(Exception):
+    """The bytes read for a response do not hash to what the index advertises."""
 
 
 class HttpError(Exception):
@@ -76,8 +105,11 @@ class Config:
     def __init__(self, store: Store, tokens: list[str] | None = None, protected: list[str] | None = None,
                  faults: Faults | None = None, page_size: int = 1000, access_log: bool = True,
                  send_timeout: float = 120.0, idle_timeout: float = 30.0, request_timeout: float = 60.0,
-                 max_connections: int = 512):
+                 max_connections: int = 512, wheelhouse: str | None = None):
         self.store = store
+        self.wheelhouse = os.path.abspath(wheelhouse) if wheelhouse else None
+        self.verdicts = Verdicts()  # store files found good or bad, by identity
+        self.wheel_hashes: dict[tuple, str] = {}  # wheel sha256 by identity, so a listing rehashes nothing
         self.tokens = [t for t in (tokens or []) if t]
         self.protected = list(protected or [])
         self.faults = faults or Faults()
@@ -88,6 +120,45 @@ class Config:
         self.request_timeout = request_timeout  # request line, headers and body must arrive within this
         self.max_connections = max_connections
         self.log_lock = threading.Lock()
+
+    def wheel_files(self, folder: str = "") -> list[tuple[str, str]]:
+        """(href, full path) of the wheels and sdists in the wheelhouse (folder '') and its set folders, or one set."""
+        base = os.path.join(self.wheelhouse or "", folder) if folder else self.wheelhouse or ""
+        out: list[tuple[str, str]] = []
+        try:
+            names = sorted(os.listdir(base))
+        except OSError:
+            return out
+        for name in names:
+            full = os.path.join(base, name)
+            if WHEEL_FILE.match(name) and ".." not in name and os.path.isfile(full) and not os.path.islink(full):
+                out.append(((folder + "/" if folder else "") + name, full))
+            elif not folder and WHEEL_SET.match(name) and os.path.isdir(full) and not os.path.islink(full):
+                out.extend(self.wheel_files(name))
+        return out
+
+    def wheel_sha256(self, full: str) -> str | None:
+        """sha256 of a wheel, hashed once per identity (dev, inode, size, mtime, ctime); None if it vanished."""
+        try:
+            fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        try:
+            key = tuple(file_key(os.fstat(fd)))
+            digest = self.wheel_hashes.get(key)
+            if digest is None:
+                digest = sha256_fd(fd, key[2])
+                with self.log_lock:
+                    self.wheel_hashes[key] = digest
+            return digest
+        finally:
+            os.close(fd)
+
+    def warm_wheels(self) -> None:
+        """Hash the wheelhouse once at start, so the first listing does not wait for gigabytes."""
+        for _href, full in self.wheel_files():
+            with contextlib.suppress(Exception):
+                self.wheel_sha256(full)
 
     def is_protected(self, repo_id: str) -> bool:
         return any(fnmatch.fnmatchcase(repo_id, pattern) for pattern in self.protected)
@@ -304,6 +375,8 @@ class Handler(BaseHTTPRequestHandler):
         if parts == ["health"]:
             self.send_json(200, {"status": "ok", "version": __version__, "repos": len(self.config.store.repo_ids())})
             return
+        if parts and parts[0] == "wheels" and self.config.wheelhouse and method in ("GET", "HEAD"):
+            return self.wheels(parts[1:])
         if len(parts) >= 4 and parts[:2] == ["api", "models"]:
             repo_id, rest = parts[2] + "/" + parts[3], parts[4:]
             self.inject_api_failure()
@@ -551,6 +624,69 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(200, {"Code": 200, "Data": {"Path": org, "Name": name, "ModelId": repo_id, "Revision": snap.commit,
                                                     "Id": snap.commit[:12]}, "Message": "success", "Success": True})
 
+    # ---- the fleet's wheelhouse (public: no token) ------------------------------------------------
+    def wheels(self, rest: list[str]) -> None:
+        if not rest:
+            self._send_headers(301, {"Location": "/wheels/", "Content-Length": 0})
+            return
+        if rest[-1] == "" and len(rest) <= 2:
+            folder = rest[0] if len(rest) == 2 else ""
+            if folder and not (WHEEL_SET.match(folder) and os.path.isdir(os.path.join(self.config.wheelhouse, folder))):
+                raise HttpError(404, "no wheel set %s" % folder, "EntryNotFound")
+            return self.wheel_index(folder)
+        if len(rest) in (1, 2) and all(WHEEL_SET.match(p) for p in rest[:-1]) and WHEEL_FILE.match(rest[-1]) \
+                and ".." not in rest[-1]:
+            return self.wheel_file(os.path.join(self.config.wheelhouse, *rest), "/".join(rest))
+        raise HttpError(404, "no such wheel: %s (names end in .whl or .tar.gz)" % "/".join(rest), "EntryNotFound")
+
+    def wheel_index(self, folder: str) -> None:
+        """A PEP 503 style page pip reads with --find-links: one link per file, its sha256 in the fragment."""
+        lines = ["<!DOCTYPE html>", "<html><head><meta name=\"pypi:repository-version\" content=\"1.0\">"
+                 "<title>wheelhouse</title></head><body>"]
+        for href, full in self.config.wheel_files(folder):
+            digest = self.config.wheel_sha256(full)
+            if digest is None:
+                continue
+            href = href.split("/", 1)[1] if folder else href
+            lines.append('<a href="%s#sha256=%s">%s</a><br>' % (html.escape(quote(href), quote=True), digest,
+                                                                 html.escape(href.rsplit("/", 1)[-1])))
+        lines.append("</body></html>\n")
+        body = "\n".join(lines).encode()
+        self._send_headers(200, {"Content-Type": "text/html; charset=utf-8", "Content-Length": len(body),
+                                 "Cache-Control": "no-cache"})
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._sent = len(body)
+
+    def wheel_file(self, full: str, name: str) -> None:
+        try:
+            fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            raise HttpError(404, "no such wheel: %s" % name, "EntryNotFound") from None
+        try:
+            st = os.fstat(fd)
+            if not os.path.stat.S_ISREG(st.st_mode):
+                raise HttpError(404, "no such wheel: %s" % name, "EntryNotFound")
+            size = st.st_size
+            headers: dict[str, Any] = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+            digest = self.config.wheel_hashes.get(tuple(file_key(st)))
+            if digest:
+                headers["ETag"] = '"%s"' % digest
+            wanted = parse_range(self.headers.get("Range"), size)
+            if wanted == "unsatisfiable":
+                self._send_headers(416, {**headers, "Content-Range": "bytes */%d" % size, "Content-Length": 0})
+                return
+            status, (start, end) = (200, (0, size - 1)) if wanted is None else (206, wanted)
+            if status == 206:
+                headers["Content-Range"] = "bytes %d-%d/%d" % (start, end, size)
+            length = end - start + 1 if size else 0
+            headers["Content-Length"] = length
+            self._send_headers(status, headers)
+            if self.command != "HEAD" and length:
+                self.send_body(fd, start, length, name)
+        finally:
+            os.close(fd)
+
     # ---- faults ---------------------------------------------------------------------------------
     def inject_api_failure(self) -> None:
         faults = self.config.faults
@@ -577,6 +713,12 @@ class Handler(BaseHTTPRequestHandler):
             self.log_message("refused %s in %s@%s: %s", path, snap.repo_id, snap.commit, err)
             raise HttpError(404, "Entry %s not found in %s@%s" % (path, snap.repo_id, snap.commit), "EntryNotFound") from None
         try:
+            key = file_key(st)
+            label = "%s@%s/%s" % (snap.repo_id, snap.commit, path)
+            if st.st_size != entry["size"]:
+                self.quarantine(key, label, "size %d, the index says %d" % (st.st_size, entry["size"]))
+            self.refuse_quarantined(key, label)
+            trusted = self.trusted(snap, path, entry, key)
             size = st.st_size
             etag = '"%s"' % snap.etag(entry)
             headers: dict[str, Any] = {
@@ -598,14 +740,59 @@ class Handler(BaseHTTPRequestHandler):
                 headers["Content-Range"] = "bytes %d-%d/%d" % (start, end, size)
             length = end - start + 1 if size else 0
             headers["Content-Length"] = length
+            check = None
+            if not trusted and self.command != "HEAD" and length:
+                if start == 0 and end == size - 1:
+                    check = (hashlib.sha256(), entry["sha256"], size, key, label)  # hashed on the way out
+                else:
+                    # A part cannot be judged alone: hash the whole file once (later parts find the verdict).
+                    self.verify_whole(fd, key, entry["sha256"], label)
             self._send_headers(status, headers)
             if self.command == "HEAD" or length == 0:
                 return
-            self.send_body(fd, start, length, path)
+            self.send_body(fd, start, length, path, check)
         finally:
             os.close(fd)
 
-    def send_body(self, fd: int, offset: int, length: int, path: str) -> None:
+    # ---- the store's content checks (verify.py) ----------------------------------------------------
+    def trusted(self, snap: Snapshot, path: str, entry: dict[str, Any], key: list[int]) -> bool:
+        verdicts = self.config.verdicts
+        if verdicts.good(key, entry["sha256"]):
+            return True
+        known = self.config.store.verified(snap).get(path)
+        if isinstance(known, dict) and known.get("key") == key and known.get("sha256") == entry["sha256"]:
+            verdicts.record(key, entry["sha256"], True)
+            return True
+        return False
+
+    def refuse_quarantined(self, key: list[int], label: str) -> None:
+        why = self.config.verdicts.bad(key)
+        if why is not None:
+            # 503 + Retry-After: hub clients retry or move to their next endpoint (upstream), and never keep bad bytes.
+            raise HttpError(503, "%s is quarantined on this mirror (%s) until it is repaired (rerun the deployment, or "
+                            "autoglm-mirror verify --src); retry later or use another endpoint" % (label, why),
+                            "FileQuarantined", {"Retry-After": QUARANTINE_RETRY_AFTER})
+
+    def quarantine(self, key: list[int], label: str, why: str) -> None:
+        self.config.verdicts.record(key, "", False, why)
+        self.log_message("QUARANTINED %s: %s (dev %d inode %d); refused until the file is replaced", label, why,
+                         key[0], key[1])
+        self.refuse_quarantined(key, label)
+
+    def verify_whole(self, fd: int, key: list[int], sha256: str, label: str) -> None:
+        self.server.unwatch(self.connection)  # the request is in; hashing a large file may outlast its deadline
+        verdicts = self.config.verdicts
+        with verdicts.lock_for(key):  # concurrent parts of one file wait for one hash, not one each
+            if verdicts.good(key, sha256):
+                return
+            self.refuse_quarantined(key, label)
+            got = sha256_fd(fd, key[2])
+            if got == sha256:
+                verdicts.record(key, sha256, True)
+                return
+        self.quarantine(key, label, "sha256 %s, the index says %s" % (got, sha256))
+
+    def send_body(self, fd: int, offset: int, length: int, path: str, check: tuple | None = None) -> None:
         faults = self.config.faults
         drop = faults.drop_limit(path) if faults.active else -1
         corrupt = faults.corrupt(path) if faults.active else False
@@ -622,11 +809,21 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if corrupt:
                 first = bytearray(os.pread(fd, 1, offset))
+                if check:
+                    check[0].update(bytes(first))  # the fault flips the wire, not the file
                 first[0] ^= 0xFF
                 sock.sendall(first)
                 self._sent += 1
                 offset, to_send, length = offset + 1, to_send - 1, length - 1
-            self._sendfile(sock, fd, offset, to_send, rate)
+            self._sendfile(sock, fd, offset, to_send, rate, check)
+        except BadBytes as err:
+            # Everything but the last piece went out: the client sees a short body, never a whole bad file.
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(HttpError):
+                self.quarantine(check[3], check[4], str(err))
+            return
         finally:
             sock.settimeout(self.timeout)
         if to_send < length:
@@ -635,16 +832,26 @@ class Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def _sendfile(self, sock: socket.socket, fd: int, offset: int, count: int, rate: int) -> None:
+    def _sendfile(self, sock: socket.socket, fd: int, offset: int, count: int, rate: int,
+                  check: tuple | None = None) -> None:
         tls = isinstance(sock, ssl.SSLSocket)
-        chunk = (1 << 20 if tls else SEND_CHUNK) if not rate else max(1024, rate // 20)
+        chunk = (VERIFY_CHUNK if tls or check else SEND_CHUNK) if not rate else max(1024, rate // 20)
         started = time.monotonic()
         sent_here = 0
         while count > 0:
             try:
-                if tls:
+                if tls or check:
                     data = os.pread(fd, min(chunk, count), offset)
-                    sock.sendall(data)
+                    if check:
+                        digest, expected, size, _key, _label = check
+                        digest.update(data)
+                        if offset + len(data) == size:
+                            got = digest.hexdigest()
+                            if got != expected:
+                                raise BadBytes("sha256 %s, the index says %s" % (got, expected))
+                            self.config.verdicts.record(check[3], expected, True)
+                    if data:
+                        sock.sendall(data)
                     n = len(data)
                 else:
                     n = os.sendfile(sock.fileno(), fd, offset, min(chunk, count))

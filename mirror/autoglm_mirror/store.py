@@ -1,10 +1,12 @@
 """The data directory: repositories, their refs and immutable snapshots, and safe lookups into them.
 
-Layout (everything below DATA is written by `ingest` only; the server never writes):
+Layout (everything below DATA is written by `ingest` and `verify` only, as root; the server never writes):
 
     DATA/repos/ORG/NAME/refs.json                      {"branches": {"main": SHA}, "tags": {"v1.0": SHA}}
-    DATA/repos/ORG/NAME/snapshots/SHA/<files...>       the snapshot's files (copies or hard links)
+    DATA/repos/ORG/NAME/snapshots/SHA/<files...>       the snapshot's files (copies: reflinks where possible)
     DATA/repos/ORG/NAME/snapshots/SHA.index.json       per file: path, size, sha256, git blob sha1, lfs
+    DATA/repos/ORG/NAME/snapshots/SHA.verified.json    identities of files found to match the index (verify.py)
+    DATA/quarantine/ORG/NAME/SHA/<path>.<ns>           files `verify --src` found bad and moved aside
 
 A snapshot exists once its index exists (the index is written last), so a half-finished ingest is
 never served.
@@ -91,6 +93,7 @@ class Snapshot:
                 parent = folder
             self.dirs[parent].append(path)
         self._dir_oids: dict[str, str] = {}
+        self.verified_path = root + ".verified.json"  # identities ingest/verify found good (see verify.py)
 
     def blob_id(self, entry: dict[str, Any]) -> str:
         if entry["lfs"]:
@@ -169,6 +172,7 @@ class Store:
         self._lock = threading.Lock()
         self._refs: dict[str, tuple[int, dict]] = {}
         self._snapshots: dict[tuple[str, str], tuple[int, Snapshot]] = {}
+        self._verified: dict[str, tuple[int, dict]] = {}
 
     def repo(self, repo_id: str) -> Repo:
         return Repo(self, repo_id)
@@ -213,3 +217,22 @@ class Store:
         with self._lock:
             self._snapshots[key] = (mtime, snap)
         return snap
+
+    def verified(self, snap: Snapshot) -> dict[str, dict[str, Any]]:
+        """The snapshot's record of verified file identities ({} when there is none or it cannot be read)."""
+        try:
+            mtime = os.stat(snap.verified_path).st_mtime_ns
+        except OSError:
+            return {}
+        cached = self._verified.get(snap.verified_path)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        try:
+            with open(snap.verified_path, encoding="utf-8") as fh:
+                files = json.load(fh).get("files", {})
+        except (OSError, ValueError, AttributeError):
+            files = {}
+        files = files if isinstance(files, dict) else {}
+        with self._lock:
+            self._verified[snap.verified_path] = (mtime, files)
+        return files
