@@ -83,7 +83,9 @@ MAX_BODY = 4 << 20
 MS_DEFAULT_REVISIONS = ("master", "main")
 # A file being hashed on its way out is sent in pieces this size; the last piece waits for the verdict.
 VERIFY_CHUNK = 1 << 20
-QUARANTINE_RETRY_AFTER = 300
+# Short: clients honour Retry-After on each of their retries (huggingface_hub, model_fetch: 5 each) before they try
+# their next endpoint, and a quarantined file stays bad until a rerun repairs it.
+QUARANTINE_RETRY_AFTER = 1
 WHEEL_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,250}\.(?:whl|tar\.gz)$")
 WHEEL_SET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 

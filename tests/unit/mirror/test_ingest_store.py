@@ -84,11 +84,14 @@ def test_symlinked_source_files_are_copied_as_regular_files(tmp_path, src):
     assert not copied.is_symlink() and copied.read_text() == "linked content\n"
 
 
-def test_link_mode_hard_links_instead_of_copying(tmp_path, src):
+@pytest.mark.parametrize("link", [False, True])
+def test_files_are_copies_never_hard_links(tmp_path, src, link):
+    # One inode for the seed's file and the mirror's let one corruption hit both: --link now copies too.
     data = tmp_path / "data"
-    ingest(str(data), "org/model", str(src), COMMIT, link=True)
+    ingest(str(data), "org/model", str(src), COMMIT, link=link)
     placed = data / "repos/org/model/snapshots" / COMMIT / "weights.safetensors"
-    assert placed.stat().st_ino == (src / "weights.safetensors").stat().st_ino
+    assert placed.stat().st_ino != (src / "weights.safetensors").stat().st_ino
+    assert placed.stat().st_nlink == 1 and placed.read_bytes() == (src / "weights.safetensors").read_bytes()
 
 
 def test_state_folders_are_not_content(tmp_path, src):
