@@ -11,32 +11,48 @@ source "$(dirname "$0")/lab/lib.sh"
 # LAB_GPU_NODES sets how many GPU nodes `up` starts (inventories/lab lists 3; the converge benchmark varies it).
 LAB_NODES=(lab-hub lab-mirror $(seq -f 'lab-node%g' 1 "${LAB_GPU_NODES:-3}"))
 LAB_NETWORK=autoglm-lab
+# Fixed addresses, as a real fleet's inventory has: inventories/lab/hosts.yml reaches nodes by them over SSH.
+LAB_SUBNET=10.77.10.0/24
+
+lab_address() {
+  case "$1" in
+    lab-hub) echo 10.77.10.10 ;;
+    lab-mirror) echo 10.77.10.11 ;;
+    lab-node*) echo "10.77.10.$((20 + ${1#lab-node}))" ;;
+  esac
+}
 
 lab_up() {
-  docker network inspect "$LAB_NETWORK" >/dev/null 2>&1 || docker network create "$LAB_NETWORK" >/dev/null
+  ensure_lab_ssh_key
+  if [ "$(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}}{{end}}' "$LAB_NETWORK" 2>/dev/null)" != "$LAB_SUBNET" ]; then
+    lab_down_nodes; docker network rm "$LAB_NETWORK" >/dev/null 2>&1 || true
+    docker network create --subnet "$LAB_SUBNET" "$LAB_NETWORK" >/dev/null
+  fi
   for node in "${LAB_NODES[@]}"; do
     if [ "$(docker inspect -f '{{.State.Running}}' "$node" 2>/dev/null)" = "true" ]; then continue; fi
     docker rm -f "$node" >/dev/null 2>&1 || true
-    log "Starting $node"
-    # The options that run systemd here without --privileged (see ../shared/LAB.md).
-    docker run -d --name "$node" --hostname "$node" --network "$LAB_NETWORK" \
+    log "Starting $node ($(lab_address "$node"))"
+    # The options that run systemd here without --privileged (see ../shared/LAB.md); the lab's public key
+    # is ops' only authorized key.
+    docker run -d --name "$node" --hostname "$node" --network "$LAB_NETWORK" --ip "$(lab_address "$node")" \
       --cap-add SYS_ADMIN --cap-add NET_ADMIN --cgroupns host \
       -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
+      -v "$AUTOGLM_LAB_SSH/id_ed25519.pub:/etc/ssh/authorized_keys/ops:ro" \
       --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
       autoglm-node:latest /lib/systemd/systemd >/dev/null
   done
   for node in "${LAB_NODES[@]}"; do
-    for _ in $(seq 1 60); do
-      state="$(docker exec "$node" systemctl is-system-running 2>/dev/null || true)"
-      case "$state" in running|degraded) break ;; esac
-      sleep 1
-    done
-    echo "  $node: systemd $state"
+    wait_for_ssh "$node" "$(lab_address "$node")"
+    echo "  $node: sshd up at $(lab_address "$node")"
   done
 }
 
-lab_down() {
+lab_down_nodes() {
   docker ps -aq --filter "name=^lab-(hub|mirror|node[0-9]+)$" | xargs -r docker rm -f >/dev/null
+}
+
+lab_down() {
+  lab_down_nodes
   docker network rm "$LAB_NETWORK" >/dev/null 2>&1 || true
   log "Lab removed"
 }

@@ -7,12 +7,16 @@ scenario="${1:?usage: tools/molecule.sh SCENARIO [ACTION]}"
 action="${2:-test}"
 activate_tools
 ensure_lab_pki
+ensure_lab_ssh_key
 export NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
 cd "$REPO_ROOT"
 if [ "$action" = test ]; then
-  # Leftover nodes of an interrupted run (every scenario's nodes join this network), removed under the lock.
+  # Leftover nodes of an interrupted run (every scenario's nodes join this network), removed under the lock;
+  # the network too when it lacks the fixed subnet the nodes' addresses need (.config/molecule/ssh_config).
   exec flock /var/lock/autoglm-molecule.lock bash -c '
     docker ps -aq --filter network=autoglm-molecule | xargs -r docker rm -f >/dev/null
+    subnet="$(docker network inspect -f "{{range .IPAM.Config}}{{.Subnet}}{{end}}" autoglm-molecule 2>/dev/null || true)"
+    if [ -n "$subnet" ] && [ "$subnet" != 10.77.20.0/24 ]; then docker network rm autoglm-molecule >/dev/null; fi
     exec molecule test -s "$1"' _ "$scenario"
 fi
 exec flock /var/lock/autoglm-molecule.lock molecule "$action" -s "$scenario"

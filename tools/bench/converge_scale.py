@@ -6,7 +6,7 @@
 For each fleet size: the lab is rebuilt from scratch (tools/lab.sh down/up with LAB_GPU_NODES=N, the hub
 publishes the tiny model), then site.yml runs three times through ansible-runner
 (tools/lab/run_playbook.py): the first converge, a no-op rerun, and a rerun after one drift
-(congestion control set to reno on lab-node1). Prints wall time, changed count and task results per run,
+(congestion control set to reno on lab-node1). Nodes are reached over SSH, as the lab inventory does. Prints wall time, changed count and task results per run,
 the no-op/first ratio (goal <= 25%), the no-op growth against 1 node (goal: 6 nodes <= 2x), and the
 slowest tasks of each run read from the audit log. Run as root; the lab is left down at the end.
 """
@@ -34,7 +34,8 @@ def write_inventory(root: Path, nodes: int) -> Path:
     """The lab inventory with N GPU nodes; group_vars are the lab's own (a link, so nothing drifts apart)."""
     inventory = root / "inventory"
     inventory.mkdir()
-    gpu = "".join("        lab-node%d:\n" % index for index in range(1, nodes + 1))
+    # Addresses as tools/lab.sh gives them (lab_address).
+    gpu = "".join("        lab-node%d: {ansible_host: 10.77.10.%d}\n" % (index, 20 + index) for index in range(1, nodes + 1))
     text = (REPO / "inventories/lab/hosts.yml").read_text()
     start = text.index("    gpu_nodes:\n      hosts:\n") + len("    gpu_nodes:\n      hosts:\n")
     end = text.index("    # The in-cluster model mirror")
@@ -94,7 +95,7 @@ def main() -> int:
             results[nodes] = runs
         lab("down", nodes=max(sizes))
 
-    print("\nsite.yml on the lab (1 hub + 1 mirror + N GPU nodes; docker connection; transformers backend)\n")
+    print("\nsite.yml on the lab (1 hub + 1 mirror + N GPU nodes; SSH with pipelining; transformers backend)\n")
     print("%-6s %-7s %9s %8s %13s" % ("nodes", "run", "seconds", "changed", "task results"))
     for nodes, runs in results.items():
         for label, data in runs.items():

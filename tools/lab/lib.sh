@@ -8,6 +8,8 @@ NODE_IMAGE_RECIPE="$REPO_ROOT/tools/lab/node-image.sh"
 LAB_CACHE="${AUTOGLM_LAB_CACHE:-/var/cache/autoglm-lab}"
 # The lab's own certificate authority: inventories/lab reads it from here (molecule too, via the variable).
 export AUTOGLM_LAB_PKI="${AUTOGLM_LAB_PKI:-$REPO_ROOT/.cache/lab/pki}"
+# The lab's SSH key pair: nodes let ops in with it (bind-mounted, see node-image.sh), Ansible logs in with it.
+export AUTOGLM_LAB_SSH="${AUTOGLM_LAB_SSH:-$REPO_ROOT/.cache/lab/ssh}"
 # Names the lab's TLS services answer to: the lab's and molecule's mirror and hub stand-ins.
 LAB_TLS_NAMES="lab-mirror mirror1 lab-hub hub localhost"
 
@@ -82,6 +84,25 @@ ensure_node_image() {
 activate_tools() {
   export PATH="$TOOL_VENV/bin:$PATH"
   export ANSIBLE_CONFIG="$REPO_ROOT/ansible.cfg"
+}
+
+ensure_lab_ssh_key() {
+  # One key pair for the lab and molecule nodes (made once): Ansible reaches them over SSH as production.
+  [ -f "$AUTOGLM_LAB_SSH/id_ed25519" ] && return 0
+  command -v ssh >/dev/null || apt_install openssh-client
+  mkdir -p "$AUTOGLM_LAB_SSH"; chmod 0700 "$AUTOGLM_LAB_SSH"
+  ssh-keygen -q -t ed25519 -N '' -C "autoglm lab" -f "$AUTOGLM_LAB_SSH/id_ed25519"
+  chmod 0644 "$AUTOGLM_LAB_SSH/id_ed25519.pub"
+}
+
+wait_for_ssh() {
+  # NODE ADDRESS: waits until sshd on the node answers (it makes its host keys at first boot).
+  for _ in $(seq 1 60); do
+    if timeout 5 bash -c "exec 3<>/dev/tcp/$2/22 && head -c 4 <&3" 2>/dev/null | grep -q SSH; then return 0; fi
+    sleep 1
+  done
+  echo "$1 ($2): sshd did not answer on port 22; see: docker exec $1 journalctl -u ssh" >&2
+  return 1
 }
 
 ensure_lab_pki() {

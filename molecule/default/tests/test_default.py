@@ -76,6 +76,15 @@ def test_unit_restored_and_service_enabled_and_running(host):
     assert service.is_enabled and service.is_running
 
 
+def test_foreign_dropin_removed_and_the_key_required_again(host):
+    assert host.file("/etc/systemd/system/autoglm-inference.service.d").exists is False or \
+        host.run("ls /etc/systemd/system/autoglm-inference.service.d").stdout.split() == []
+    assert "env -u" not in host.run("systemctl show -P ExecStart autoglm-inference").stdout
+    fetch = ("import urllib.request as u, urllib.error as e\ntry: u.urlopen('http://127.0.0.1:8000/v1/models', timeout=10)\n"
+             "except e.HTTPError as x: print(x.code)")
+    assert host.run("python3 -c %s", fetch).stdout.strip() == "401"
+
+
 def test_venv_has_every_package_back(host):
     cmd = host.run("/opt/autoglm/venvs/autoglm/current/bin/python -c 'import tqdm, transformers, torch'")
     assert cmd.rc == 0, cmd.stderr

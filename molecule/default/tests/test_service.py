@@ -1,5 +1,5 @@
-"""State after the inference_service scenario: the built-in server runs sandboxed under its own user and answers;
-node1 also holds vLLM and SGLang units rendered against a recorded 8-GPU H100."""
+"""The service on the GPU nodes after site.yml and the rolls of side_effect.yml: the built-in server runs sandboxed
+under its own user and answers; node1 also holds vLLM and SGLang units rendered against a recorded 8-GPU H100."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,8 @@ import pytest
 UNIT = "autoglm-inference"
 KEY = "lab-key-not-secret"
 BASE = "http://127.0.0.1:8000"
+
+testinfra_hosts = ["node1", "node2", "node3"]
 
 
 def curl(host, *args):
