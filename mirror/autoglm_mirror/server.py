@@ -674,15 +674,10 @@ class Handler(BaseHTTPRequestHandler):
             digest = self.config.wheel_hashes.get(tuple(file_key(st)))
             if digest:
                 headers["ETag"] = '"%s"' % digest
-            wanted = parse_range(self.headers.get("Range"), size)
-            if wanted == "unsatisfiable":
-                self._send_headers(416, {**headers, "Content-Range": "bytes */%d" % size, "Content-Length": 0})
+            planned = self.plan_range(size, headers, parse_range(self.headers.get("Range"), size))
+            if planned is None:
                 return
-            status, (start, end) = (200, (0, size - 1)) if wanted is None else (206, wanted)
-            if status == 206:
-                headers["Content-Range"] = "bytes %d-%d/%d" % (start, end, size)
-            length = end - start + 1 if size else 0
-            headers["Content-Length"] = length
+            status, start, _end, length = planned
             self._send_headers(status, headers)
             if self.command != "HEAD" and length:
                 self.send_body(fd, start, length, name)
@@ -732,16 +727,10 @@ class Handler(BaseHTTPRequestHandler):
                 "X-Repo-Commit": snap.commit,
             }
             wanted = None if faults.ignore_range and faults.matches(path) else parse_range(self.headers.get("Range"), size)
-            if wanted == "unsatisfiable":
-                self._send_headers(416, {**headers, "Content-Range": "bytes */%d" % size, "Content-Length": 0})
+            planned = self.plan_range(size, headers, wanted)
+            if planned is None:
                 return
-            if wanted is None:
-                status, start, end = 200, 0, size - 1
-            else:
-                status, (start, end) = 206, wanted
-                headers["Content-Range"] = "bytes %d-%d/%d" % (start, end, size)
-            length = end - start + 1 if size else 0
-            headers["Content-Length"] = length
+            status, start, end, length = planned
             check = None
             if not trusted and self.command != "HEAD" and length:
                 if start == 0 and end == size - 1:
@@ -755,6 +744,21 @@ class Handler(BaseHTTPRequestHandler):
             self.send_body(fd, start, length, path, check)
         finally:
             os.close(fd)
+
+    def plan_range(self, size: int, headers: dict[str, Any], wanted: tuple[int, int] | str | None
+                   ) -> tuple[int, int, int, int] | None:
+        """(status, start, end, length) with Content-Range/-Length added to headers; None once a 416 went out."""
+        if wanted == "unsatisfiable":
+            self._send_headers(416, {**headers, "Content-Range": "bytes */%d" % size, "Content-Length": 0})
+            return None
+        if wanted is None:
+            status, start, end = 200, 0, size - 1
+        else:
+            status, (start, end) = 206, wanted
+            headers["Content-Range"] = "bytes %d-%d/%d" % (start, end, size)
+        length = end - start + 1 if size else 0
+        headers["Content-Length"] = length
+        return status, start, end, length
 
     # ---- the store's content checks (verify.py) ----------------------------------------------------
     def trusted(self, snap: Snapshot, path: str, entry: dict[str, Any], key: list[int]) -> bool:

@@ -116,3 +116,14 @@ def test_security_exposure_of_the_unit_is_low(host):
     score = float(re.search(r"Overall exposure level for autoglm-mirror\.service: ([\d.]+)", out).group(1))
     print("systemd-analyze security exposure: %.1f" % score)
     assert score <= 2.0
+
+
+def test_store_files_are_copies_never_links_of_their_source(host):
+    # test-org/private is listed with link: true, which no longer hard-links: one inode for the source and the
+    # mirror's copy let one corruption hit both.
+    source = host.file("%s/model.safetensors" % SNAP)
+    found = host.run("find /srv/autoglm-mirror/repos/test-org -path '*/snapshots/*' -name model.safetensors "
+                     "-printf '%%n %%i\\n'").stdout.split("\n")
+    placed = [line.split() for line in found if line.strip()]
+    assert len(placed) >= 2
+    assert all(nlink == "1" and int(inode) != source.inode for nlink, inode in placed), placed
