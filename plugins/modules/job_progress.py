@@ -196,7 +196,9 @@ def read_pip_log(path: str, venv: str | None, wheels_total: int, bytes_total: in
                     items="packages", items_done=len(installing), items_total=len(installing), rate=None, eta_s=None)
     elapsed = max(now - (install_started or now), 0.001)
     rate = done / elapsed if done else 0
-    return dict(label=label, phase="installing", unit="bytes", done=done, total=total, items="packages",
+    # Every RECORD is written but pip has not said it is done: it is removing what it replaced.
+    phase = "finishing the install" if ready and len(ready) == len(installing) else "installing"
+    return dict(label=label, phase=phase, unit="bytes", done=done, total=total, items="packages",
                 items_done=len(ready), items_total=len(installing), rate=int(rate) if rate else None,
                 eta_s=round((total - done) / rate, 1) if rate else None)
 
