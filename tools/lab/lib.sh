@@ -35,17 +35,31 @@ apt_install() {
 }
 
 ensure_tool_venv() {
-  # The controller's tools (ansible, molecule, testinfra, linters) live in one venv,
-  # rebuilt only when requirements-dev.txt changes.
-  local req="$REPO_ROOT/requirements-dev.txt" stamp="$TOOL_VENV/.requirements.sha256"
-  local want; want="$(sha256sum "$req" | cut -d' ' -f1)"
+  # The controller's tools (ansible, molecule, testinfra, linters) live in one venv per requirements-dev.txt:
+  # built once per machine under $LAB_CACHE/tool-venv/<hash> and linked as .venv, so a fresh clone on a machine
+  # that has built it before (CI) starts in seconds. AUTOGLM_TOOL_VENV or a real .venv folder is used as it is.
+  local req="$REPO_ROOT/requirements-dev.txt" want
+  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [ -z "${AUTOGLM_TOOL_VENV:-}" ] && { [ -L "$TOOL_VENV" ] || [ ! -e "$TOOL_VENV" ]; }; then
+    local shared="$LAB_CACHE/tool-venv/${want:0:16}"
+    build_tool_venv "$shared" "$req" "$want"
+    ln -sfn "$shared" "$TOOL_VENV"
+  else
+    build_tool_venv "$TOOL_VENV" "$req" "$want"
+  fi
+}
+
+build_tool_venv() {
+  # DIR REQUIREMENTS HASH: (re)builds the venv at DIR unless it was built from requirements of that hash.
+  local dir="$1" req="$2" want="$3" stamp="$1/.requirements.sha256"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   apt_install python3-venv
-  log "Building the tool venv at $TOOL_VENV"
-  python3 -m venv "$TOOL_VENV"
-  "$TOOL_VENV/bin/pip" install -q --upgrade pip >/dev/null
+  log "Building the tool venv at $dir"
+  rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install -q --upgrade pip >/dev/null
   # (This machine's pip config lists find-links folders that may be absent: drop those warnings.)
-  "$TOOL_VENV/bin/pip" install -q -r "$req" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+  "$dir/bin/pip" install -q -r "$req" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
   echo "$want" > "$stamp"
 }
 
