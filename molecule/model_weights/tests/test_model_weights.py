@@ -80,6 +80,17 @@ def test_current_points_at_the_new_revision(host):
     assert folder.user == "root" and folder.mode == 0o755
 
 
+def test_every_file_and_folder_of_current_is_root_owned_and_world_readable(host):
+    """node2's shard made 0600 and config.json given to nobody (side_effect) are back to the role's modes."""
+    if name(host) == "hub":
+        pytest.skip("the hub is upstream, it holds no deployment")
+    listing = host.check_output("find -L %s/current \\( -type f -printf 'f %%m %%u:%%g %%P\\n' \\) -o "
+                                "\\( -type d -printf 'd %%m %%u:%%g %%P\\n' \\)", ROOT)
+    wrong = [line for line in listing.splitlines()
+             if not (line.startswith("f 644 root:root ") or line.startswith("d 755 root:root "))]
+    assert wrong == []
+
+
 def test_previous_revision_is_kept_once(host):
     if name(host) == "hub":
         pytest.skip("the hub is upstream")
