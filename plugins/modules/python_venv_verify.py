@@ -11,7 +11,7 @@ description:
   - Reads the C(RECORD) of every distribution in the venv's C(site-packages) (each installed file with its size and
     sha256, written by pip at install time) and checks that each file is still there, a regular file, with that size
     (O(check=size)) or also that sha256 (O(check=sha256)).
-  - Byte-compiled files (C(__pycache__/*.pyc)) are not checked: pip records them without a hash and Python rebuilds them.
+  - Byte-compiled files (C(__pycache__/*.pyc)) are not checked, since pip records them without a hash and Python rebuilds them.
   - Each broken distribution is reinstalled in place with C(pip install --force-reinstall --no-deps NAME==VERSION)
     from the sources given (the same ones the venv was built from), then checked again. The rest of the venv is
     left alone.
@@ -113,7 +113,8 @@ broken:
   description: Per distribution (C(name==version)), the files that are missing or differ, with the reason (at most 20 each).
   returned: always
   type: dict
-  sample: {"transformers==5.23.0": ["transformers/utils/import_utils.py: missing"]}
+  sample:
+    "transformers==5.23.0": ["transformers/utils/import_utils.py: missing"]
 repaired:
   description: Distributions reinstalled (that would be, in check mode).
   returned: always
