@@ -33,39 +33,8 @@ options:
     description: Reinstall broken distributions. Off, the task only reports them (and fails when any is broken).
     type: bool
     default: true
-  index_url:
-    description: Base URL of the package index (pip C(--index-url)).
-    type: str
-  extra_index_urls:
-    description: Further indexes (pip C(--extra-index-url)).
-    type: list
-    elements: str
-    default: []
-  find_links:
-    description: Directories or URLs holding wheels (pip C(--find-links)).
-    type: list
-    elements: str
-    default: []
-  no_index:
-    description: Use no index, only O(find_links).
-    type: bool
-    default: false
-  trusted_hosts:
-    description: Hosts pip trusts without a valid certificate (pip C(--trusted-host)).
-    type: list
-    elements: str
-    default: []
-  cert:
-    description: CA bundle pip verifies https sources with (pip C(--cert)).
-    type: path
-  timeout:
-    description: Socket timeout for pip, in seconds.
-    type: int
-    default: 30
-  retries:
-    description: How often pip retries a failed connection.
-    type: int
-    default: 2
+extends_documentation_fragment:
+  - autoglm.deploy.pip_sources
 attributes:
   check_mode:
     support: full
