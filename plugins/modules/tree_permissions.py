@@ -13,7 +13,7 @@ description:
     files, O(dir_mode) on folders, O(path) itself included.
   - Then checks, from the mode bits and the user's groups, that O(reader) can reach O(path) (every parent folder
     searchable) and read every file and list every folder, and fails naming the first entry it cannot, with the
-    variable to change. A reader that does not exist yet (its role has not run) is reported, not refused.
+    settings to change. A reader that does not exist (yet) is not checked, and RV(reader_checked) says so.
 options:
   path:
     description: Root of the tree, for example a model snapshot (C(/srv/models/m/current)).
@@ -211,7 +211,7 @@ def main():
         try:
             blocked = tree.unreadable(p["reader"], found["final"])
         except KeyError:
-            module.warn("reader %s does not exist yet, so its access to %s was not checked" % (p["reader"], tree.root))
+            # Not a warning: the seed never has the service user, and nodes get it only in a later role.
             module.exit_json(**result)
         result["reader_checked"] = True
         if blocked:
