@@ -12,6 +12,18 @@ import json
 import re
 
 # name[extras]==version[; markers] - an exact pin. "===" (arbitrary equality) counts too.
+# Where pip gets packages: the options of every pip-driving module (documented once, doc fragment pip_sources).
+SOURCE_ARGUMENT_SPEC = {
+    "index_url": {"type": "str"},
+    "extra_index_urls": {"type": "list", "elements": "str", "default": []},
+    "find_links": {"type": "list", "elements": "str", "default": []},
+    "no_index": {"type": "bool", "default": False},
+    "trusted_hosts": {"type": "list", "elements": "str", "default": []},
+    "cert": {"type": "path"},
+    "timeout": {"type": "int", "default": 30},
+    "retries": {"type": "int", "default": 2},
+}
+
 _PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*===?\s*([^\s;,<>=!~]+)\s*(;.*)?$")
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 

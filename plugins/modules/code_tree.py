@@ -88,6 +88,7 @@ import stat
 import tarfile
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.autoglm.deploy.plugins.module_utils._manifest import atomic_write_bytes
 
 DIFF_LIMIT = 64 * 1024
@@ -102,7 +103,7 @@ def read_archive(archive: dict) -> dict:
     try:
         raw = base64.b64decode(str(archive.get("data", "")), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ArchiveError("archive.data is not base64 (%s): pass the code_archive lookup's result unchanged" % exc)
+        raise ArchiveError("archive.data is not base64 (%s): pass the code_archive lookup's result unchanged" % exc) from exc
     if hashlib.sha256(raw).hexdigest() != archive.get("sha256"):
         raise ArchiveError("archive.data does not match archive.sha256: pass the code_archive lookup's result unchanged")
     files = {}
@@ -115,7 +116,7 @@ def read_archive(archive: dict) -> dict:
                     raise ArchiveError("archive member %r is not a plain file at a relative path" % name)
                 files[posixpath.normpath(name)] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ArchiveError("archive.data is not a gzip'd tar (%s)" % exc)
+        raise ArchiveError("archive.data is not a gzip'd tar (%s)" % exc) from exc
     return files
 
 
@@ -225,7 +226,7 @@ def main() -> None:
     removed = sorted((have_files - set(wanted)) | (have_folders - wanted_folders) | (have_folders & set(wanted)))
     folder_drift = not os.path.isdir(dest) or any(
         folder_drifted(os.path.join(dest, f), uid, gid, modes["directory_mode"])
-        for f in ["."] + sorted(wanted_folders & have_folders))
+        for f in [".", *sorted(wanted_folders & have_folders)])
     changed = bool(added or updated or removed or folder_drift)
 
     diff = []

@@ -43,39 +43,6 @@ options:
     description: Refuse requirements that are not exact pins (C(name==version)).
     type: bool
     default: true
-  index_url:
-    description: Base URL of the package index (pip C(--index-url)); pip's own configuration when unset.
-    type: str
-  extra_index_urls:
-    description: Further indexes (pip C(--extra-index-url)), for example the PyTorch wheel index for the node's CUDA.
-    type: list
-    elements: str
-    default: []
-  find_links:
-    description: Directories or URLs holding wheels (pip C(--find-links)), for example a wheelhouse copied to the node.
-    type: list
-    elements: str
-    default: []
-  no_index:
-    description: Use no index at all, only O(find_links) (offline install from a wheelhouse).
-    type: bool
-    default: false
-  trusted_hosts:
-    description: Hosts pip trusts without a valid certificate (pip C(--trusted-host)).
-    type: list
-    elements: str
-    default: []
-  cert:
-    description: CA bundle pip verifies the index with (pip C(--cert)).
-    type: path
-  timeout:
-    description: Socket timeout for pip, in seconds.
-    type: int
-    default: 30
-  retries:
-    description: How often pip retries a failed connection.
-    type: int
-    default: 2
   pip_check:
     description: Run C(pip check) on the new venv before switching to it.
     type: bool
@@ -97,6 +64,8 @@ options:
     description: Free space needed at O(path) before a build starts.
     type: int
     default: 0
+extends_documentation_fragment:
+  - autoglm.deploy.pip_sources
 attributes:
   check_mode:
     support: full
@@ -428,14 +397,7 @@ def main():
             requirements=dict(type="list", elements="str", required=True),
             constraints=dict(type="list", elements="str", default=[]),
             require_pins=dict(type="bool", default=True),
-            index_url=dict(type="str"),
-            extra_index_urls=dict(type="list", elements="str", default=[]),
-            find_links=dict(type="list", elements="str", default=[]),
-            no_index=dict(type="bool", default=False),
-            trusted_hosts=dict(type="list", elements="str", default=[]),
-            cert=dict(type="path"),
-            timeout=dict(type="int", default=30),
-            retries=dict(type="int", default=2),
+            **_pip.SOURCE_ARGUMENT_SPEC,
             pip_check=dict(type="bool", default=True),
             smoke_imports=dict(type="list", elements="str", default=[]),
             require_cuda=dict(type="bool", default=False),

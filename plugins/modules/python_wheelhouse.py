@@ -50,43 +50,12 @@ options:
     description: Python implementation the wheels must fit (pip C(--implementation)), with O(python_version) or O(platforms).
     type: str
     default: cp
-  index_url:
-    description: Package index (pip C(--index-url)); pip's configuration when unset.
-    type: str
-  extra_index_urls:
-    description: Further indexes, for example the PyTorch wheel index.
-    type: list
-    elements: str
-    default: []
-  find_links:
-    description: Local directories or URLs with wheels to take first (pip C(--find-links)).
-    type: list
-    elements: str
-    default: []
-  no_index:
-    description: Use no index, only O(find_links) (re-packing wheels that are already local).
-    type: bool
-    default: false
-  trusted_hosts:
-    description: Hosts pip trusts without a valid certificate.
-    type: list
-    elements: str
-    default: []
-  cert:
-    description: CA bundle pip verifies the index with.
-    type: path
-  timeout:
-    description: Socket timeout for pip, in seconds.
-    type: int
-    default: 30
-  retries:
-    description: How often pip retries a failed connection.
-    type: int
-    default: 2
   keep:
     description: Wheel sets kept under O(path), the one used now included; 0 keeps all.
     type: int
     default: 3
+extends_documentation_fragment:
+  - autoglm.deploy.pip_sources
 attributes:
   check_mode:
     support: full
@@ -209,14 +178,7 @@ def main():
             python_version=dict(type="str"),
             platforms=dict(type="list", elements="str", default=[]),
             implementation=dict(type="str", default="cp"),
-            index_url=dict(type="str"),
-            extra_index_urls=dict(type="list", elements="str", default=[]),
-            find_links=dict(type="list", elements="str", default=[]),
-            no_index=dict(type="bool", default=False),
-            trusted_hosts=dict(type="list", elements="str", default=[]),
-            cert=dict(type="path"),
-            timeout=dict(type="int", default=30),
-            retries=dict(type="int", default=2),
+            **_pip.SOURCE_ARGUMENT_SPEC,
             keep=dict(type="int", default=3),
         ),
         supports_check_mode=True,

@@ -10,7 +10,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from support.playbook import REPO, run_local_playbook
 
 PLAY = """

@@ -4,11 +4,12 @@
     python3 tools/bench/converge_scale.py [--nodes 1,3,6] [--slowest 5]
 
 For each fleet size: the lab is rebuilt from scratch (tools/lab.sh down/up with LAB_GPU_NODES=N, the hub
-publishes the tiny model), then site.yml runs three times through ansible-runner
-(tools/lab/run_playbook.py): the first converge, a no-op rerun, and a rerun after one drift
-(congestion control set to reno on lab-node1). Nodes are reached over SSH, as the lab inventory does. Prints wall time, changed count and task results per run,
-the no-op/first ratio (goal <= 15%), the no-op growth against 1 node (goal: 6 nodes <= 1.3x), the drift
-repair against the no-op (goal <= 1.5x), and the slowest tasks of each run read from the audit log. Run as root; the lab is left down at the end.
+publishes the tiny model), then site.yml runs three times through ansible-runner (tools/lab/run_playbook.py):
+the first converge, a no-op rerun, and a rerun after one drift (congestion control set to reno on lab-node1);
+nodes are reached over SSH, as the lab inventory does. Prints wall time, changed count and task results per
+run, the no-op/first ratio (goal <= 15%), the no-op growth against 1 node (goal: 6 nodes <= 1.3x), the drift
+repair against the no-op (goal <= 1.5x), and the slowest tasks of each run read from the audit log. Run as
+root; the lab is left down at the end.
 """
 from __future__ import annotations
 
