@@ -36,10 +36,11 @@ def write_inventory(root: Path, nodes: int) -> Path:
     inventory = root / "inventory"
     inventory.mkdir()
     # Addresses as tools/lab.sh gives them (lab_address).
-    gpu = "".join("        lab-node%d: {ansible_host: 10.77.10.%d}\n" % (index, 20 + index) for index in range(1, nodes + 1))
+    gpu = "".join("            lab-node%d: {ansible_host: 10.77.10.%d}\n" % (index, 20 + index) for index in range(1, nodes + 1))
     text = (REPO / "inventories/lab/hosts.yml").read_text()
-    start = text.index("    gpu_nodes:\n      hosts:\n") + len("    gpu_nodes:\n      hosts:\n")
-    end = text.index("    # The in-cluster model mirror")
+    marker = "        gpu_nodes:\n          hosts:\n"
+    start = text.index(marker) + len(marker)
+    end = text.index("        # The in-cluster model mirror")
     (inventory / "hosts.yml").write_text(text[:start] + gpu + text[end:])
     (inventory / "group_vars").symlink_to(REPO / "inventories/lab/group_vars")
     return inventory
