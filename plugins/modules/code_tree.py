@@ -8,12 +8,12 @@ module: code_tree
 short_description: Make a folder hold exactly the files of one archive (a Python package shipped in one piece)
 version_added: "0.1.0"
 description:
-  - The node half of shipping code: O(archive) comes from the P(autoglm.deploy.code_archive#lookup) lookup on the
+  - The node half of shipping code. O(archive) comes from the P(autoglm.deploy.code_archive#lookup) lookup on the
     controller, so the whole package reaches the node in this module's one call instead of one copy per file.
   - Every file of the archive is compared with the file in O(dest) (content, owner, group, mode) and written
     atomically where it differs; a file or folder in O(dest) that the archive does not hold is removed (a module
     dropped from the package must not stay importable), and so are C(__pycache__) folders once anything changed.
-  - O(dest) belongs to this module: point it at a folder that holds only the package.
+  - O(dest) belongs to this module, so point it at a folder that holds only the package.
   - Check mode reports what would be added, updated and removed; with C(--diff) the changed files' text is shown.
 options:
   dest:
