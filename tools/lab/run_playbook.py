@@ -52,10 +52,11 @@ def main() -> int:
     parser.add_argument("--show-task", action="append", default=[], metavar="NAME",
                         help="print each host's msg from the task of this name at the end")
     parser.add_argument("--report", metavar="FILE", help="write stats, changed tasks and duration as JSON")
-    parser.add_argument("extra", nargs="*")
-    args = parser.parse_args()
+    parser.add_argument("extra", nargs="*", help="more ansible-playbook arguments (--tags service, -e k=v)")
+    # ansible-playbook's own options (--tags, --limit, -e) pass through as they are.
+    args, passthrough = parser.parse_known_args()
     os.chdir(REPO)
-    rc, stats, seconds, changed_tasks, ok_events = run(args.playbook, args.inventory, args.extra)
+    rc, stats, seconds, changed_tasks, ok_events = run(args.playbook, args.inventory, args.extra + passthrough)
     if args.report:
         Path(args.report).write_text(json.dumps({"rc": rc, "seconds": round(seconds, 1), "stats": stats,
                                                  "changed_tasks": changed_tasks}, indent=1))
