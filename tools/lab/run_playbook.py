@@ -1,7 +1,7 @@
 """Run a playbook with ansible-runner and print a per-host summary read from its stats, not its text.
 
     python3 tools/lab/run_playbook.py site.yml -i inventories/lab [--expect-no-changes] [--show-task NAME]
-        [--report FILE] [-- extra args]
+        [--report FILE] [ansible-playbook options: --tags service, --limit, -e k=v]
 
 Exits non-zero when the playbook fails, or when --expect-no-changes is given and any host changed.
 """
@@ -52,11 +52,10 @@ def main() -> int:
     parser.add_argument("--show-task", action="append", default=[], metavar="NAME",
                         help="print each host's msg from the task of this name at the end")
     parser.add_argument("--report", metavar="FILE", help="write stats, changed tasks and duration as JSON")
-    parser.add_argument("extra", nargs="*", help="more ansible-playbook arguments (--tags service, -e k=v)")
-    # ansible-playbook's own options (--tags, --limit, -e) pass through as they are.
+    # Everything else is ansible-playbook's (--tags service, --limit, -e k=v) and passes through in order.
     args, passthrough = parser.parse_known_args()
     os.chdir(REPO)
-    rc, stats, seconds, changed_tasks, ok_events = run(args.playbook, args.inventory, args.extra + passthrough)
+    rc, stats, seconds, changed_tasks, ok_events = run(args.playbook, args.inventory, passthrough)
     if args.report:
         Path(args.report).write_text(json.dumps({"rc": rc, "seconds": round(seconds, 1), "stats": stats,
                                                  "changed_tasks": changed_tasks}, indent=1))
