@@ -122,8 +122,9 @@ def test_store_files_are_copies_never_links_of_their_source(host):
     # test-org/private is listed with link: true, which no longer hard-links: one inode for the source and the
     # mirror's copy let one corruption hit both.
     source = host.file("%s/model.safetensors" % SNAP)
+    # No format arguments, so testinfra runs the string as it is: single % for find's own directives.
     found = host.run("find /srv/autoglm-mirror/repos/test-org -path '*/snapshots/*' -name model.safetensors "
-                     "-printf '%%n %%i\\n'").stdout.split("\n")
+                     "-printf '%n %i\\n'").stdout.split("\n")
     placed = [line.split() for line in found if line.strip()]
     assert len(placed) >= 2
     assert all(nlink == "1" and int(inode) != source.inode for nlink, inode in placed), placed
