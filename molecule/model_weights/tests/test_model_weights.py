@@ -132,10 +132,12 @@ def test_mirror_serves_the_published_revision(host):
         pytest.skip("mirror1 is the mirror")
     refs = json.loads(host.file("/srv/autoglm-mirror/repos/test-org/tiny/refs.json").content_string)
     assert refs["branches"]["main"] == V2 and refs["branches"]["v1"] == V1
-    # Published with hard links: the mirror holds no second copy, and none of the seed's .autoglm state.
+    # Published as a copy of its own (one inode for both let one corruption hit the seed and the mirror), with the
+    # same bytes, and none of the seed's .autoglm state.
     weights = "%s/%s/%s" % (ROOT, V2, SHARD)
     published = "/srv/autoglm-mirror/repos/test-org/tiny/snapshots/%s/%s" % (V2, SHARD)
-    assert host.check_output("stat -c %%i %s", weights) == host.check_output("stat -c %%i %s", published)
+    assert host.check_output("stat -c %%i %s", weights) != host.check_output("stat -c %%i %s", published)
+    assert host.file(weights).sha256sum == host.file(published).sha256sum
     assert not host.file("/srv/autoglm-mirror/repos/test-org/tiny/snapshots/%s/.autoglm" % V2).exists
 
 
