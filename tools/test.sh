@@ -66,8 +66,11 @@ for scenario in "${scenarios[@]}"; do
     echo "  passed in $((SECONDS - start))s"
     record "molecule $scenario" "$((SECONDS - start))" passed
   else
-    echo "  FAILED in $((SECONDS - start))s; last lines of .cache/molecule-$scenario.log:"
-    tail -n 60 "$REPO_ROOT/.cache/molecule-$scenario.log"
+    # The first failures say why; the last lines are mostly the destroy that follows them.
+    echo "  FAILED in $((SECONDS - start))s; first failures in .cache/molecule-$scenario.log:"
+    grep -n -m 20 -A 12 -E '^(fatal|failed):|UNREACHABLE!|^E  |^FAILED |^ERROR ' "$REPO_ROOT/.cache/molecule-$scenario.log" | head -n 120
+    echo "  last lines:"
+    tail -n 25 "$REPO_ROOT/.cache/molecule-$scenario.log"
     record "molecule $scenario" "$((SECONDS - start))" FAILED
     failed+=("$scenario")
   fi
