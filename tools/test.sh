@@ -43,7 +43,7 @@ print_timings() {
 
 # pytest runs beside molecule when both run: molecule waits on containers and leaves a core idle half the
 # time. Exit 5 means no test ran: that is a failure here, not a pass.
-run_pytest() { pytest -q -p no:cacheprovider -n 2 tests; }
+run_pytest() { pytest -q -p no:cacheprovider -n 2 --durations=15 tests; }
 if [ "$quick" -eq 1 ]; then
   log "unit and integration tests"
   run_pytest
@@ -76,6 +76,8 @@ for scenario in "${scenarios[@]}"; do
   fi
 done
 if wait "$pytest_pid"; then
+  # The slowest tests, for the time budget (pytest's --durations table).
+  sed -n '/slowest 15 durations/,/^$/p' "$REPO_ROOT/.cache/pytest.log"
   tail -n 1 "$REPO_ROOT/.cache/pytest.log"
   record "unit and integration tests" "$((SECONDS - pytest_started))" "passed (ran beside molecule)"
 else
