@@ -1,7 +1,9 @@
 """The inference unit's ExecStart as Ansible renders it from the role's template: every argv element reaches
 the engine intact once systemd has unquoted it (JSON flag values keep their double quotes; %, $, quotes and
 backslashes survive). Molecule checks the same units against a real systemd; this catches quoting mistakes
-in seconds."""
+in seconds. The same renders check what each engine is given (issue 16, item 3): `vllm serve`, the image cap in the
+form each engine's processor honours, AF_NETLINK where NCCL runs, SGLang's metrics when it is scraped, and a
+narrow media folder."""
 from __future__ import annotations
 
 import json
@@ -17,9 +19,23 @@ AWKWARD = [
     'say "hi" \\ now',   # double quotes and a backslash inside
     '{"a": [1, 2]}',     # JSON with spaces
 ]  # control characters (C escapes) are checked against a real systemd in molecule/inference_service
+VENV = "/opt/autoglm/venvs/autoglm/current"
+MODEL = "/srv/models/autoglm/current"
 CASES = {"vllm": {"backend": "vllm", "extra": []}, "sglang": {"backend": "sglang", "extra": []},
          "awkward": {"backend": "transformers", "extra": [w for arg in AWKWARD for w in ("--note", arg)]},
-         "allowlist": {"backend": "transformers", "extra": [], "allow": ["10.0.0.0/8", "192.0.2.10"]}}
+         "allowlist": {"backend": "transformers", "extra": [], "allow": ["10.0.0.0/8", "192.0.2.10"]},
+         # The GPU unit of an 8-GPU node (TP defaults to the GPU count) and of a single-GPU replica.
+         "vllm_tp8": {"backend": "vllm", "extra": [], "tp": 8, "gpus": 8},
+         "vllm_tp1": {"backend": "vllm", "extra": [], "tp": 1, "gpus": 1},
+         "sglang_tp1": {"backend": "sglang", "extra": [], "tp": 1, "gpus": 1},
+         "netlink_in_base": {"backend": "vllm", "extra": [], "tp": 8, "gpus": 8,
+                             "families": ["AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6"]},
+         "sglang_scraped": {"backend": "sglang", "extra": [], "file_sd_host": "prometheus-01"},
+         "image_cap": {"backend": "vllm", "extra": [], "max_pixels": 1000000,
+                       "vllm_override": {"size": {"shortest_edge": 3136}, "fps": 1},
+                       "sglang_override": {"video": {"fps": 1}}},
+         "image_cap_sglang": {"backend": "sglang", "extra": [], "max_pixels": 1000000,
+                              "sglang_override": {"video": {"fps": 1}}}}
 
 PLAYBOOK = """
 - hosts: localhost
@@ -27,8 +43,6 @@ PLAYBOOK = """
   vars_files: [{role}/defaults/main.yml, {role}/vars/main.yml]
   vars:
     ansible_managed: Ansible managed
-    __inference_service_tp: 2
-    __inference_service_gpu_count: 2
     __inference_service_systemctl: {{stdout: "systemd 252 (252.39-1~deb12u2)"}}
   tasks:
     - name: Render the unit for each case
@@ -41,6 +55,13 @@ PLAYBOOK = """
         inference_service_backend: "{{{{ item.value.backend }}}}"
         inference_service_transformers_extra_args: "{{{{ item.value.extra }}}}"
         inference_service_ip_address_allow: "{{{{ item.value.allow | default([]) }}}}"
+        __inference_service_tp: "{{{{ item.value.tp | default(2) }}}}"
+        __inference_service_gpu_count: "{{{{ item.value.gpus | default(2) }}}}"
+        inference_service_address_families: "{{{{ item.value.families | default(['AF_UNIX', 'AF_INET', 'AF_INET6']) }}}}"
+        inference_service_file_sd_host: "{{{{ item.value.file_sd_host | default('') }}}}"
+        inference_service_image_max_pixels: "{{{{ item.value.max_pixels | default(5000000) }}}}"
+        inference_service_vllm_mm_processor_kwargs_override: "{{{{ item.value.vllm_override | default({{}}) }}}}"
+        inference_service_sglang_mm_process_config_override: "{{{{ item.value.sglang_override | default({{}}) }}}}"
       loop: "{{{{ cases | dict2items }}}}"
 """
 
@@ -67,18 +88,61 @@ def flag(argv, name):
     return argv[argv.index(name) + 1]
 
 
+def address_families(unit_text):
+    line = next(line for line in unit_text.splitlines() if line.startswith("RestrictAddressFamilies="))
+    return line[len("RestrictAddressFamilies="):].split(" ")
+
+
+# Upstream's 5,000,000-pixel cap as GLM-4.1V's processor on transformers 5.x reads it (it ignores max_pixels).
+SIZE = '{"shortest_edge":12544,"longest_edge":5000000}'
+
+
 def test_vllm_json_flags_keep_their_quotes(units):
     argv = exec_argv(units["vllm"])
-    assert flag(argv, "--mm_processor_kwargs") == '{"max_pixels":5000000}'
+    assert flag(argv, "--mm-processor-kwargs") == '{"size":%s}' % SIZE
     assert flag(argv, "--limit-mm-per-prompt") == '{"image":10}'
-    assert flag(argv, "--model") == "/srv/models/autoglm/current"
     assert flag(argv, "--tensor-parallel-size") == "2"
+
+
+def test_vllm_runs_vllm_serve_with_the_model_positional(units):
+    argv = exec_argv(units["vllm"])
+    assert argv[:3] == [VENV + "/bin/vllm", "serve", MODEL]
+    assert "--model" not in argv and "-m" not in argv
+    assert not any("max_pixels" in arg for arg in argv)
 
 
 def test_sglang_json_flag_keeps_its_quotes(units):
     argv = exec_argv(units["sglang"])
-    assert flag(argv, "--mm-process-config") == '{"image":{"max_pixels":5000000}}'
+    assert argv[:3] == [VENV + "/bin/python", "-m", "sglang.launch_server"]
+    assert flag(argv, "--mm-process-config") == '{"image":{"size":%s}}' % SIZE
     assert "--mm-enable-dp-encoder" in argv and flag(argv, "--tp-size") == "2"
+
+
+def test_one_image_cap_reaches_both_engines_with_raw_overrides_merged(units):
+    vllm = json.loads(flag(exec_argv(units["image_cap"]), "--mm-processor-kwargs"))
+    assert vllm == {"size": {"shortest_edge": 3136, "longest_edge": 1000000}, "fps": 1}
+    sglang = json.loads(flag(exec_argv(units["image_cap_sglang"]), "--mm-process-config"))
+    assert sglang == {"image": {"size": {"shortest_edge": 12544, "longest_edge": 1000000}}, "video": {"fps": 1}}
+
+
+def test_nccl_gets_netlink_only_where_tensor_parallel_runs(units):
+    # NCCL's getifaddrs needs AF_NETLINK: a TP 8 replica would not start without it.
+    assert address_families(units["vllm_tp8"]) == ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
+    assert "AF_NETLINK" in address_families(units["sglang"])  # TP 2
+    assert address_families(units["vllm_tp1"]) == ["AF_UNIX", "AF_INET", "AF_INET6"]
+    assert "AF_NETLINK" not in address_families(units["sglang_tp1"])
+    assert "AF_NETLINK" not in address_families(units["awkward"])  # the built-in server runs no NCCL
+    # The operator's base list is kept, AF_NETLINK once.
+    assert address_families(units["netlink_in_base"]) == ["AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6"]
+
+
+def test_sglang_serves_metrics_when_it_is_a_prometheus_target(units):
+    assert "--enable-metrics" in exec_argv(units["sglang_scraped"])
+    assert "--enable-metrics" not in exec_argv(units["sglang"])  # not published
+
+
+def test_vllm_local_media_is_a_dedicated_folder(units):
+    assert flag(exec_argv(units["vllm"]), "--allowed-local-media-path") == "/var/lib/autoglm-inference/media"
 
 
 def test_extra_args_reach_the_engine_unchanged(units):

@@ -107,17 +107,23 @@ def test_prometheus_file_sd_lists_every_node(host):
     assert all(g["targets"][0].endswith(":8000") and g["labels"]["backend"] == "transformers" for g in groups)
 
 
-UPSTREAM_VLLM = ("-m vllm.entrypoints.openai.api_server --served-model-name autoglm-phone-9b --allowed-local-media-path / "
-                 "--mm-encoder-tp-mode data --mm_processor_cache_type shm --mm_processor_kwargs {\"max_pixels\":5000000} "
+# Upstream's flags as the role translates them (issue 16, item 3): `vllm serve` with the model positional, a
+# dedicated media folder, and upstream's 5,000,000-pixel cap in the size form GLM-4.1V's processor honours.
+VENV = "/opt/autoglm/venvs/autoglm/current"
+SIZE = '{"shortest_edge":12544,"longest_edge":5000000}'
+PROGRAM_VLLM = [VENV + "/bin/vllm", "serve", "/srv/models/tiny/current"]
+PROGRAM_SGLANG = [VENV + "/bin/python", "-m", "sglang.launch_server"]
+UPSTREAM_VLLM = ("--served-model-name autoglm-phone-9b --allowed-local-media-path /var/lib/autoglm-inference/media "
+                 "--mm-encoder-tp-mode data --mm-processor-cache-type shm --mm-processor-kwargs {\"size\":%s} "
                  "--max-model-len 25480 --chat-template-content-format string --limit-mm-per-prompt {\"image\":10} "
-                 "--model /srv/models/tiny/current --port 8000")
-UPSTREAM_SGLANG = ("-m sglang.launch_server --model-path /srv/models/tiny/current --served-model-name autoglm-phone-9b "
-                   "--context-length 25480 --mm-enable-dp-encoder --mm-process-config {\"image\":{\"max_pixels\":5000000}} "
-                   "--port 8000")
+                 "--port 8000" % SIZE)
+UPSTREAM_SGLANG = ("--model-path /srv/models/tiny/current --served-model-name autoglm-phone-9b "
+                   "--context-length 25480 --mm-enable-dp-encoder --mm-process-config {\"image\":{\"size\":%s}} "
+                   "--port 8000" % SIZE)
 
 
 def flags(argv):
-    """argv after the interpreter as {flag: value or True}."""
+    """argv after the program as {flag: value or True}."""
     out, i = {}, 0
     while i < len(argv):
         if argv[i].startswith("-") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
@@ -129,24 +135,27 @@ def flags(argv):
     return out
 
 
-@pytest.mark.parametrize(("unit", "upstream", "tp_flag", "tp"), [
-    ("autoglm-vllm", UPSTREAM_VLLM, "--tensor-parallel-size", "8"),   # from the recorded 8-GPU gpu_facts
-    ("autoglm-sglang", UPSTREAM_SGLANG, "--tp-size", "2"),            # set explicitly
+@pytest.mark.parametrize(("unit", "program", "upstream", "tp_flag", "tp"), [
+    ("autoglm-vllm", PROGRAM_VLLM, UPSTREAM_VLLM, "--tensor-parallel-size", "8"),   # from the recorded 8-GPU gpu_facts
+    ("autoglm-sglang", PROGRAM_SGLANG, UPSTREAM_SGLANG, "--tp-size", "2"),          # set explicitly
 ])
-def test_gpu_engine_units_carry_upstreams_flags(host, unit, upstream, tp_flag, tp):
+def test_gpu_engine_units_carry_upstreams_flags(host, unit, program, upstream, tp_flag, tp):
     if host.backend.get_hostname() != "node1":
         pytest.skip("rendered on node1 only")
     argv = exec_start(host, unit)
     upstream = upstream.split(" ")
-    assert argv[0] == "/opt/autoglm/venvs/autoglm/current/bin/python"
-    got = flags(argv[1:])
+    assert argv[:len(program)] == program
+    got = flags(argv[len(program):])
     assert flags(upstream) == {k: got.get(k) for k in flags(upstream)}
     assert got[tp_flag] == tp and got["--host"] == "0.0.0.0"
+    assert "--model" not in got and "--enable-metrics" not in got  # positional model; not a Prometheus target here
     # Installed, not started: there is no GPU or engine here.
     assert not host.service(unit).is_running and not host.service(unit).is_enabled
     unit_text = host.file("/etc/systemd/system/%s.service" % unit).content_string
     assert "DeviceAllow=char-nvidia-frontend rw" in unit_text and "PrivateDevices=no" in unit_text
     assert "DevicePolicy=closed" in unit_text
+    # Tensor parallel > 1: NCCL's getifaddrs needs netlink.
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n" in unit_text
 
 
 def test_awkward_extra_args_reach_the_engine_unchanged(host):
