@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.playbook import REPO, run_local_playbook
+from support.playbook import run_local_playbook
+from support.units import render
 
-ROLES = REPO / "roles"
 NEWLINE_UNIT = "tiny\n[Service]\nExecStartPre=+/bin/touch /tmp/pwned"
 
 HOSTILE = [
@@ -59,32 +59,6 @@ def test_hostile_value_is_refused_first_naming_the_variable(tmp_path, role, var,
 def test_empty_api_key_is_refused_unless_allowed(tmp_path):
     rc, _report, output = run_role("inference_service", tmp_path, {"inference_service_api_key": ""})
     assert rc != 0 and "inference_service_allow_unauthenticated" in output
-
-
-RENDER = """
-- hosts: localhost
-  gather_facts: false
-  vars_files: [{roles}/{role}/defaults/main.yml, {roles}/{role}/vars/main.yml]
-  vars:
-    ansible_managed: Ansible managed
-    __inference_service_tp: 1
-    __inference_service_gpu_count: 0
-    __inference_service_systemctl: {{stdout: "systemd 252"}}
-  tasks:
-    - name: Render the template
-      ansible.builtin.template:
-        src: {roles}/{role}/templates/{template}
-        dest: "{out}"
-        mode: "0600"
-"""
-
-
-def render(tmp_path, role, template, extra):
-    playbook = tmp_path / "render.yml"
-    out = tmp_path / "rendered"
-    playbook.write_text(RENDER.format(roles=ROLES, role=role, template=template, out=out))
-    rc, _, output = run_local_playbook(playbook, tmp_path, extra_vars=(json.dumps(extra),))
-    return rc, output, (out.read_text() if out.exists() else "")
 
 
 TEMPLATE_CASES = [

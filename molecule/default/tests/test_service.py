@@ -92,10 +92,14 @@ def test_unit_is_sandboxed(host):
     assert root_options and all(opts.startswith("ro") for opts in root_options)
 
 
-def test_security_exposure_of_the_builtin_unit_is_low(host):
-    out = host.check_output("systemd-analyze security --no-pager %s", UNIT)
-    score = float(re.search(r"Overall exposure level for %s\.service: ([\d.]+)" % UNIT, out).group(1))
-    print("systemd-analyze security exposure: %.1f" % score)
+@pytest.mark.parametrize("unit", [UNIT, "autoglm-vllm", "autoglm-sglang"])
+def test_security_exposure_of_the_builtin_unit_is_low(host, unit):
+    # Every unit the collection installs (issue 18); the GPU engines' units exist on node1 only.
+    if unit != UNIT and host.backend.get_hostname() != "node1":
+        pytest.skip("%s is rendered on node1 only" % unit)
+    out = host.check_output("systemd-analyze security --no-pager %s", unit)
+    score = float(re.search(r"Overall exposure level for %s\.service: ([\d.]+)" % re.escape(unit), out).group(1))
+    print("%s: systemd-analyze security exposure: %.1f" % (unit, score))
     assert score <= 2.0
 
 

@@ -1,0 +1,68 @@
+"""Render the collection's unit and environment templates the way the roles do, without a host: one playbook on
+localhost with the role's defaults and vars loaded, the facts the templates read set to a recorded machine's,
+and ansible.builtin.template writing each file. Shared by the unit injection and unit security tests.
+
+    rc, output, text = render(tmp_path, "inference_service", "service.unit.j2", {"var": value})   # one file, -e
+    rc, output, texts = render_many(tmp_path, {"name": ("model_mirror", "autoglm-mirror.service.j2", {...})})
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from support.playbook import REPO, run_local_playbook
+
+ROLES = REPO / "roles"
+SYSTEMCTL = "systemd 252 (252.39-1~deb12u2)"
+# The facts the inference unit reads, as the role sets them on a CPU host; an 8-GPU H100 node
+# (tests/fixtures/nvidia-smi/h100-sxm-8gpu: 8 GPUs, TP defaults to the GPU count) overrides them with GPU_8.
+CPU = {"__inference_service_tp": 1, "__inference_service_gpu_count": 0}
+GPU_8 = {"__inference_service_tp": 8, "__inference_service_gpu_count": 8}
+
+_HEADER = """
+- hosts: localhost
+  gather_facts: false
+  vars_files: {vars_files}
+  vars:
+    ansible_managed: Ansible managed
+    __inference_service_tp: 1
+    __inference_service_gpu_count: 0
+    __inference_service_systemctl: {{stdout: "{systemctl}"}}
+  tasks:
+"""
+
+
+def _vars_files(roles) -> str:
+    files = []
+    for role in dict.fromkeys(roles):
+        files += [str(ROLES / role / "defaults" / "main.yml"), str(ROLES / role / "vars" / "main.yml")]
+    return json.dumps(files)
+
+
+def render(tmp_path: Path, role: str, template: str, extra: dict) -> tuple:
+    """(rc, output, text) of one template rendered with extra as extra vars (-e: above everything)."""
+    playbook = tmp_path / "render.yml"
+    out = tmp_path / "rendered"
+    playbook.write_text(_HEADER.format(vars_files=_vars_files([role]), systemctl=SYSTEMCTL)
+                        + "    - name: Render the template\n"
+                          "      ansible.builtin.template:\n"
+                          "        src: %s\n        dest: \"%s\"\n        mode: \"0600\"\n"
+                        % (ROLES / role / "templates" / template, out))
+    rc, _, output = run_local_playbook(playbook, tmp_path, extra_vars=(json.dumps(extra),))
+    return rc, output, (out.read_text() if out.exists() else "")
+
+
+def render_many(tmp_path: Path, renders: dict) -> tuple:
+    """(rc, output, {name: text}) of {name: (role, template, task vars)} in one run; each is written to
+    tmp_path/NAME (give unit names a .service suffix: systemd-analyze goes by it)."""
+    tasks = [{"name": "Render " + name,
+              "ansible.builtin.template": {"src": str(ROLES / role / "templates" / template),
+                                           "dest": str(tmp_path / name), "mode": "0644"},
+              "vars": variables}
+             for name, (role, template, variables) in renders.items()]
+    playbook = tmp_path / "render.yml"
+    header = _HEADER.format(vars_files=_vars_files(r[0] for r in renders.values()), systemctl=SYSTEMCTL)
+    playbook.write_text(header + "".join("    - %s\n" % json.dumps(task) for task in tasks))
+    rc, _, output = run_local_playbook(playbook, tmp_path)
+    texts = {name: (tmp_path / name).read_text() for name in renders if (tmp_path / name).exists()}
+    return rc, output, texts
