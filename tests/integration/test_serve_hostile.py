@@ -96,9 +96,14 @@ def test_a_prompt_far_over_the_context_is_refused_without_tokenizing_it_whole(st
     assert status == 400, body
     assert body["error"]["code"] == "context_length_exceeded" and body["error"]["param"] == "messages"
     assert "more than" in body["error"]["message"]
-    if peak_reset:
-        grown_mib = (rss_kib(strict.proc.pid)["VmHWM"] - before["VmRSS"]) / 1024
-        assert grown_mib < 256, "peak RSS grew by %.0f MiB refusing the prompt" % grown_mib
+    if not peak_reset:
+        pytest.skip("the kernel does not let this test reset the server's VmHWM (/proc/PID/clear_refs), so its "
+                    "peak while refusing cannot be told from its peak while loading the model")
+    # The acceptance (issue 18): peak RSS while refusing within 1.5x the idle RSS.
+    peak = rss_kib(strict.proc.pid)["VmHWM"]
+    print("idle VmRSS %.0f MiB, peak VmHWM %.0f MiB refusing the prompt" % (before["VmRSS"] / 1024, peak / 1024))
+    assert peak <= 1.5 * before["VmRSS"], "peak RSS %.0f MiB is over 1.5x the idle %.0f MiB" % (
+        peak / 1024, before["VmRSS"] / 1024)
 
 
 def test_a_prompt_just_over_the_context_is_still_counted_exactly(server):
