@@ -51,8 +51,14 @@ ensure_tool_venv() {
 
 build_tool_venv() {
   # DIR REQUIREMENTS HASH: (re)builds the venv at DIR unless it was built from requirements of that hash.
-  local dir="$1" req="$2" want="$3" stamp="$1/.requirements.sha256"
+  local dir="$1" req="$2" want="$3" stamp="$1/.requirements.sha256" lock
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  # Two checkouts on one machine (a developer's, CI's) may ask for the same venv at once: one builds, the
+  # other waits for it and finds it built.
+  mkdir -p "$(dirname "$dir")"
+  exec {lock}>"$dir.lock"
+  flock "$lock"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exec {lock}>&-; return 0; fi
   apt_install python3-venv
   log "Building the tool venv at $dir"
   rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
@@ -61,6 +67,7 @@ build_tool_venv() {
   # (This machine's pip config lists find-links folders that may be absent: drop those warnings.)
   "$dir/bin/pip" install -q -r "$req" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
   echo "$want" > "$stamp"
+  exec {lock}>&-
 }
 
 ensure_docker() {
