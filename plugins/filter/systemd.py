@@ -113,6 +113,9 @@ def _path_problem(text: str) -> str | None:
         return "is not a normalised path (%s)" % posixpath.normpath(text)
     if re.search(r"\s", text):
         return "holds blanks, which split a path list in the unit"
+    if '"' in text or "\\" in text:
+        # Environment= and ExecStart= lines are unquoted by systemd: the service would get another path.
+        return "holds a double quote or a backslash, which systemd would unquote in Environment= and ExecStart= lines"
     return None
 
 

@@ -11,6 +11,8 @@ import pytest
 from support.playbook import run_local_playbook
 from support.units import render
 
+from ansible_collections.autoglm.deploy.plugins.filter.systemd import systemd_input_problems
+
 NEWLINE_UNIT = "tiny\n[Service]\nExecStartPre=+/bin/touch /tmp/pwned"
 
 HOSTILE = [
@@ -30,7 +32,20 @@ HOSTILE = [
     ("inference_service", "inference_service_ip_address_allow", ["10.0.0.0/8\nExecStartPre=+/bin/id"]),
     ("model_mirror", "model_mirror_tasks_max", "lots"),
     ("model_mirror", "model_mirror_ip_address_allow", ["10.0.0.0/8 any"]),
+    # Quotes and backslashes in a path are unquoted by systemd in Environment= (PYTHONPATH=...) and ExecStart=.
+    ("model_mirror", "model_mirror_install_dir", '/opt/"autoglm-mirror'),
+    ("inference_service", "inference_service_state_dir", "/var/lib/autoglm\\x2dinference"),
 ]
+
+PATH_QUOTING = ['/opt/"m"', "/opt/a\\b", "/opt/m\\"]
+
+
+@pytest.mark.parametrize("value", PATH_QUOTING)
+def test_a_path_with_a_quote_or_backslash_is_refused_naming_the_variable(value):
+    problems = systemd_input_problems([{"var": "model_mirror_install_dir", "kind": "path", "value": value},
+                                       {"var": "model_mirror_data_dir", "kind": "path", "value": "/srv/mirror"}])
+    assert len(problems) == 1 and problems[0].startswith("model_mirror_install_dir "), problems
+    assert ("double quote" if '"' in value else "backslash") in problems[0] and value not in problems[0]
 
 
 def run_role(role, tmp_path, extra, check=True):
