@@ -111,14 +111,12 @@ def parse_hf(data, where: str) -> tuple:
 
 
 def parse_ms(data, where: str, rev: str) -> tuple:
-    """(commit, files) of a ModelScope file listing. The commit is the one its files name (each blob's Revision);
-    files naming two commits are refused (the listing mixes revisions), and so is a listing whose files name none
-    unless rev itself is a commit id: as parse_hf, a listing never records a branch or tag name as its commit."""
+    """(commit, files) of a ModelScope file listing; the commit is the one its files name, else rev."""
     listing = data.get("Data") if isinstance(data, dict) else None
     if not isinstance(listing, dict) or not isinstance(listing.get("Files"), list):
         raise ListingError("%s: the answer has no Data.Files list (is it a ModelScope endpoint?)" % where)
     files: dict = {}
-    commits: dict = {}  # commit -> the first entry naming it
+    commits = set()
     for index, item in enumerate(listing["Files"]):
         at = "%s: Data.Files[%d]" % (where, index)
         if not isinstance(item, dict):
@@ -131,17 +129,7 @@ def parse_ms(data, where: str, rev: str) -> tuple:
         # A file's Revision is its commit on ModelScope; anything else there (a branch name) names no commit.
         revision = item.get("Revision")
         if isinstance(revision, str) and _manifest.is_hex(revision.lower(), 40):
-            commits.setdefault(revision.lower(), "%s (%r)" % (at, path))
+            commits.add(revision.lower())
         _add(files, path, info, at)
-    if len(commits) > 1:
-        (first, first_at), (second, second_at) = list(commits.items())[:2]
-        raise ListingError("%s: the files name %d different commits (%s names %s, %s names %s): the listing mixes "
-                           "revisions, so no single commit can be recorded" % (where, len(commits), first_at, first,
-                                                                               second_at, second))
-    if commits:
-        return next(iter(commits)), files
-    if isinstance(rev, str) and _manifest.is_hex(rev.lower(), 40):
-        return rev.lower(), files  # pinned by the request; no file contradicts it
-    raise ListingError("%s: the listing names no commit id (no file carries a 40-hex Revision), so revision %r "
-                       "cannot be pinned to a commit; pin commit, or use an endpoint whose listing names it"
-                       % (where, rev or "the default branch"))
+    commit = commits.pop() if len(commits) == 1 else rev
+    return commit, files

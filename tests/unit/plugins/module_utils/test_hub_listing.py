@@ -1,5 +1,5 @@
 """ModelScope listings (parse_ms) held to what Hugging Face listings are (tests/integration/test_model_fetch_hostile.py,
-BAD_LISTINGS): every Data.Files entry checked by name before anything is fetched, and one commit per listing."""
+BAD_LISTINGS): every Data.Files entry checked by name before anything is fetched."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from ansible_collections.autoglm.deploy.plugins.module_utils import _hub_listing
-from ansible_collections.autoglm.deploy.plugins.module_utils._hub_listing import ListingError, parse_hf, parse_ms
+from ansible_collections.autoglm.deploy.plugins.module_utils._hub_listing import ListingError, parse_ms
 
 COMMIT = "a" * 40
 OTHER = "c" * 40
@@ -73,26 +73,13 @@ def test_a_well_formed_listing_names_its_commit_and_skips_folders():
                      "config.json": {"size": 1, "sha256": hashlib.sha256(b"x").hexdigest(), "git_sha1": None}}
 
 
-def test_files_naming_two_commits_are_refused_saying_which():
+def test_files_naming_different_commits_record_the_requested_revision():
+    # On modelscope.cn a file's Revision is the last commit that touched it (it comes with CommittedDate and
+    # CommitMessage), so a repo with history lists several: that is no mixed listing, and no one file's commit
+    # is the snapshot's. The requested revision is recorded, as it was before any file named a commit.
     listing = ms(blob("config.json"), blob("w.bin", Revision=OTHER.upper()))
-    with pytest.raises(ListingError) as caught:
-        parse_ms(listing, WHERE, "master")
-    message = str(caught.value)
-    assert "2 different commits" in message and COMMIT in message and OTHER in message, message
-    assert "Data.Files[1] ('w.bin')" in message and "mixes revisions" in message, message
-
-
-def test_no_commit_is_refused_as_parse_hf_refuses_it_unless_the_request_pinned_one():
-    no_commit = ms(blob("config.json", Revision="master"), blob("w.bin", Revision=None))
-    with pytest.raises(ListingError, match=r"names no commit id.*'master' cannot be pinned"):
-        parse_ms(no_commit, WHERE, "master")
-    with pytest.raises(ListingError, match="the default branch"):
-        parse_ms(no_commit, WHERE, "")
-    with pytest.raises(ListingError, match="names no commit id"):
-        parse_hf({"siblings": []}, WHERE)  # the rule parse_ms follows
-    # A commit asked for by id is the listing's commit when no file names another.
-    assert parse_ms(no_commit, WHERE, OTHER.upper())[0] == OTHER
-    assert parse_ms(ms(), WHERE, OTHER)[0] == OTHER
+    assert parse_ms(listing, WHERE, "master")[0] == "master"
+    assert parse_ms(ms(blob("w.bin", Revision=None)), WHERE, "master")[0] == "master"
 
 
 def test_the_commit_named_by_the_files_wins_over_the_requested_revision():
