@@ -43,8 +43,8 @@ notes:
     else C(PATH.key) - and C(--help) lists its options."
   - Whoever can read the key can rewrite the log undetected. The generated key lies beside the log for
     convenience (each run warns while the key file is in the log's folder); for a real audit trail set
-    C(key) or C(key_file) to a key the operators of the controller cannot read, or forward to a SIEM
-    with C(syslog_address), which also keeps lines an attacker later deletes from the file. Rotating the key means starting a new log file.
+    C(key) or C(key_file) to a key the operators of the controller cannot read, or forward to a SIEM with C(syslog_address), which also keeps lines an
+    attacker later deletes from the file. Rotating the key means starting a new log file.
   - In AWX or an execution environment the home directory is discarded after each job; point C(path) at
     a persistent volume or forward with C(syslog_address).
 options:
