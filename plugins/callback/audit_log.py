@@ -42,8 +42,8 @@ notes:
     It reads the key as the callback does - C(AUTOGLM_AUDIT_KEY), C(--key-file) or C(AUTOGLM_AUDIT_KEY_FILE),
     else C(PATH.key) - and C(--help) lists its options."
   - Whoever can read the key can rewrite the log undetected. The generated key lies beside the log for
-    convenience (each run warns while the key file is in the log's folder); for a real audit trail set
-    C(key) or C(key_file) to a key the operators of the controller cannot read, or forward to a SIEM with C(syslog_address), which also keeps lines an
+    convenience; for a real audit trail set C(key) or C(key_file) to a key the operators of the
+    controller cannot read, or forward to a SIEM with C(syslog_address), which also keeps lines an
     attacker later deletes from the file. Rotating the key means starting a new log file.
   - In AWX or an execution environment the home directory is discarded after each job; point C(path) at
     a persistent volume or forward with C(syslog_address).
@@ -418,9 +418,7 @@ class CallbackModule(CallbackBase):
             return self.get_option("key").encode()
         key_file = self.get_option("key_file")
         if key_file:
-            key_file = os.path.expanduser(key_file)
-            self._warn_if_beside_the_log(key_file)
-            return read_key_file(key_file, self._display.warning)
+            return read_key_file(os.path.expanduser(key_file), self._display.warning)
         key_file = default_key_file(self.path)
         if not os.path.lexists(key_file):
             # Written aside, then linked into place: a concurrent first run never reads a half-written key.
@@ -436,18 +434,7 @@ class CallbackModule(CallbackBase):
                 os.unlink(temporary)
             self._display.warning("audit_log: no key configured; generated %s (mode 0600). Whoever can read it can "
                                   "rewrite the log undetected: set key or key_file to a key kept elsewhere." % key_file)
-        self._warn_if_beside_the_log(key_file)
         return read_key_file(key_file, self._display.warning)
-
-    def _warn_if_beside_the_log(self, key_file: str) -> None:
-        """Whoever can rewrite the log in its folder can read a key kept there too, and re-sign what they changed."""
-        folder = os.path.realpath(os.path.dirname(os.path.abspath(self.path)))
-        if os.path.realpath(os.path.dirname(os.path.abspath(key_file))) == folder:
-            self._display.warning(
-                "audit_log: the HMAC key file %s is in the audit log's own folder %s: whoever can rewrite the log "
-                "can read the key and re-sign the edit. Set key_file (AUTOGLM_AUDIT_KEY_FILE, or key_file in "
-                "[callback_audit_log]) to a file outside that folder, readable only by the account that runs "
-                "ansible-playbook, or give the key itself in key (AUTOGLM_AUDIT_KEY)." % (key_file, folder))
 
     @staticmethod
     def _syslog_handler(address: str, facility: str):

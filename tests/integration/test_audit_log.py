@@ -118,32 +118,6 @@ def test_new_log_and_generated_key_are_0600(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-BESIDE = "is in the audit log's own folder"
-
-
-def test_a_key_file_in_the_logs_folder_is_warned_about_naming_the_setting(tmp_path):
-    # Generated beside the log (the default), on the first run and on every later one.
-    for _run in range(2):
-        rc, _, output = play(tmp_path)
-        assert rc == 0, output
-        assert BESIDE in output and "Set key_file (AUTOGLM_AUDIT_KEY_FILE" in output, output
-    # Configured beside the log: the same warning. Kept in another folder, or given as text: none.
-    keys = tmp_path / "keys"
-    keys.mkdir(mode=0o700)
-    for key_file, warned in ((tmp_path / "audit.jsonl.key", True), (keys / "audit.key", False)):
-        key_file.write_text(KEY + "\n")
-        key_file.chmod(0o600)
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("AUTOGLM_AUDIT_KEY_FILE", str(key_file))
-            rc, _, output = play(tmp_path)
-        assert rc == 0, output
-        assert (BESIDE in output) is warned, output
-
-
-def test_a_key_given_as_text_is_not_warned_about(audited):
-    assert BESIDE not in audited["output"]
-
-
 def test_world_writable_folder_is_refused(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
