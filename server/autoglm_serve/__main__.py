@@ -2,6 +2,13 @@
 
 The API key is read from the environment (AUTOGLM_SERVE_API_KEY, set through the unit's EnvironmentFile),
 never from argv, which any local user can read in /proc.
+
+Vision-language models (GLM-4.1V / AutoGLM-Phone: a vision_config in config.json) read image_url parts:
+data: URLs always; file: URLs only inside --allowed-local-media-path (symlinks resolved; none by default);
+http(s) URLs only with --allow-remote-media (off by default). At most --limit-images-per-prompt images
+(default 10, as vLLM's --limit-mm-per-prompt image=10), each scaled down by the processor to
+--image-max-pixels (default 5,000,000; GLM-4.1V counts it as 2 x height x width); an image over 20 MiB
+or declaring over 4x --image-max-pixels is refused before it is decoded. Needs Pillow in the venv.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from pathlib import Path
 from . import __version__
 from .api import Server
 from .engine import Engine
+from .media import MIN_PIXELS, MediaPolicy
 
 LOG = logging.getLogger("autoglm_serve")
 API_KEY_ENV = "AUTOGLM_SERVE_API_KEY"
@@ -49,6 +57,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds a connection may stay silent (keep-alive, or mid-request) before it is closed")
     parser.add_argument("--request-timeout", type=float, default=30,
                         help="seconds from a request's first byte to its last header and body byte; then 408")
+    parser.add_argument("--allowed-local-media-path", type=Path,
+                        help="folder whose images requests may name as file:// URLs (default: none, file: URLs refused)")
+    parser.add_argument("--allow-remote-media", action="store_true",
+                        help="fetch http(s) image URLs (at most 20 MiB within 10 s each); off by default: the server "
+                             "would fetch any address a client names")
+    parser.add_argument("--limit-images-per-prompt", type=int, default=10,
+                        help="images one request may carry; more get 400 (default %(default)s)")
+    parser.add_argument("--image-max-pixels", type=int, default=5_000_000,
+                        help="pixels the processor scales each image down to (GLM-4.1V: size.longest_edge; default "
+                             "%(default)s)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     args = parser.parse_args(argv)
@@ -60,6 +78,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("max_batch", "max_queue", "max_connections", "backlog"):
         if getattr(args, name) < 1:
             parser.error("--%s must be 1 or more, got %d" % (name.replace("_", "-"), getattr(args, name)))
+    if args.limit_images_per_prompt < 0:
+        parser.error("--limit-images-per-prompt must be 0 (no images) or more, got %d" % args.limit_images_per_prompt)
+    if args.image_max_pixels < MIN_PIXELS:
+        parser.error("--image-max-pixels must be %d or more, got %d" % (MIN_PIXELS, args.image_max_pixels))
+    if args.allowed_local_media_path is not None:
+        if not args.allowed_local_media_path.is_dir():
+            parser.error("--allowed-local-media-path %s is not a directory" % args.allowed_local_media_path)
+        args.allowed_local_media_path = args.allowed_local_media_path.resolve()
     return args
 
 
@@ -86,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     server = Server((args.host, args.port), engine, args.served_model_name or model.resolve().name,
                     api_key=os.environ.get(API_KEY_ENV) or None, default_max_tokens=args.default_max_tokens,
                     max_body_bytes=args.max_body_bytes or None, idle_timeout=args.idle_timeout,
-                    request_timeout=args.request_timeout, max_connections=args.max_connections, backlog=args.backlog)
+                    request_timeout=args.request_timeout, max_connections=args.max_connections, backlog=args.backlog,
+                    media=MediaPolicy(allowed_local_path=args.allowed_local_media_path,
+                                      allow_remote=args.allow_remote_media, max_images=args.limit_images_per_prompt,
+                                      max_pixels=args.image_max_pixels))
     # Serve /health (503) while the model loads, so probes can tell "loading" from "down".
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     LOG.info("listening on %s:%d (model %s, API key %s)", args.host, args.port, server.served_model_name,

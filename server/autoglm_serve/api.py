@@ -1,7 +1,9 @@
 """HTTP layer of the built-in server: OpenAI-shaped routes on a stdlib ThreadingHTTPServer.
 
 Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/chat/completions (JSON or SSE).
-Errors use OpenAI's body {"error": {"message", "type", "param", "code"}}. The optional API key
+Chat messages take text parts, and image_url parts when the model reads images (media.py says from where and
+how big); a text-only model answers an image part with a 400. Errors use OpenAI's body
+{"error": {"message", "type", "param", "code"}}. The optional API key
 guards /v1/* only (probes and Prometheus scrape /health and /metrics without it, as with vLLM).
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from .connection import Linger, RequestReader
 from .engine import Engine, Job, PromptTooLong, QueueFull, Sampling
+from .media import ImageRef, MediaError, MediaPolicy, decode_images, image_url_of, open_images
 from .metrics import Registry
 
 LOG = logging.getLogger("autoglm_serve")
@@ -32,6 +35,8 @@ LOG = logging.getLogger("autoglm_serve")
 # on average; JSON escapes take up to 6 bytes a character), plus room for the request's structure.
 BODY_BYTES_PER_TOKEN = 64
 BODY_BASE_BYTES = 64 * 1024
+# And for a vision model, room for a prompt's images as base64 data: URLs (a phone screenshot's PNG is 1-3 MB).
+BODY_IMAGE_BYTES = 32 << 20
 HEAD_LIMIT = 64 * 1024 + io.DEFAULT_BUFFER_SIZE  # request line and headers (plus one read-ahead buffer)
 DISCARD_LIMIT = 1 << 20  # a refused body up to this size is read and dropped so the connection can stay open
 RESULT_POLL_SECONDS = 0.2  # how often a waiting non-streaming request checks that its client is still there
@@ -90,7 +95,7 @@ class Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], engine: Engine, served_model_name: str,
                  api_key: str | None = None, default_max_tokens: int = 512, max_body_bytes: int | None = None,
                  idle_timeout: float = 30.0, request_timeout: float = 30.0, max_connections: int = 256,
-                 backlog: int = 1024) -> None:
+                 backlog: int = 1024, media: MediaPolicy | None = None) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         # The listen backlog: connections the kernel holds until accept(); the standard library's 5 turns a burst
@@ -103,6 +108,7 @@ class Server(ThreadingHTTPServer):
         self.max_body_bytes = max_body_bytes
         self.idle_timeout, self.request_timeout = idle_timeout, request_timeout
         self.max_connections = max_connections
+        self.media = media or MediaPolicy()
         self.started = int(time.time())
         self.metrics = new_registry()
         self.metrics.add_callback(self._sampled)
@@ -113,10 +119,11 @@ class Server(ThreadingHTTPServer):
         super().__init__(address, Handler)
 
     def max_body(self) -> int:
-        """Bytes a chat request may send: --max-body-bytes, or what the model's context can hold."""
+        """Bytes a chat request may send: --max-body-bytes, or what the model's context (and images) can hold."""
         if self.max_body_bytes:
             return self.max_body_bytes
-        return BODY_BASE_BYTES + BODY_BYTES_PER_TOKEN * int(self.engine.max_model_len or 4096)
+        images = BODY_IMAGE_BYTES if self.engine.vision and self.media.max_images else 0
+        return BODY_BASE_BYTES + BODY_BYTES_PER_TOKEN * int(self.engine.max_model_len or 4096) + images
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
@@ -151,8 +158,12 @@ class Server(ThreadingHTTPServer):
         return samples + self.engine.gpu_memory()
 
 
-def _text_of(content: Any, index: int) -> str:
-    """A message's text; content parts other than text (images, audio) are refused: this is a text model."""
+NON_TEXT_PARTS = ("image_url", "input_image", "image", "input_audio", "video_url", "file")
+
+
+def _content_of(content: Any, index: int, images: list[ImageRef] | None) -> str | list[dict[str, str]]:
+    """A message's content for the chat template: its text, or, from a vision model's request (images is a list)
+    with image parts, template parts ({"type": "text"/"image"}) with each image's url appended to images."""
     if isinstance(content, str):
         return content
     if content is None:
@@ -160,19 +171,40 @@ def _text_of(content: Any, index: int) -> str:
     if not isinstance(content, list):
         raise ApiError(400, "messages[%d].content must be a string or a list of content parts" % index,
                        param="messages[%d].content" % index)
-    texts = []
+    parts: list[dict[str, str]] = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
+        param = "messages[%d].content[%d]" % (index, j)
         if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind in ("image_url", "input_image", "image", "input_audio", "video_url", "file"):
-            raise ApiError(400, "this model is text-only: messages[%d].content[%d] is a '%s' part, which it cannot read; "
-                           "send text parts only, or serve a vision model with the vllm or sglang backend" % (index, j, kind),
-                           param="messages[%d].content[%d]" % (index, j), code="unsupported_content_type")
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url" and images is not None:
+            try:
+                images.append(ImageRef(param, image_url_of(part, param)))
+            except MediaError as exc:
+                raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
+            parts.append({"type": "image"})
+        elif kind in NON_TEXT_PARTS:
+            if images is None:
+                why = "this model is text-only: %s is a '%s' part, which it cannot read; send text parts only, or " \
+                      "serve a vision-language model (one with a vision_config)" % (param, kind)
+            else:
+                why = "%s is a '%s' part; this server reads text and image_url parts only" % (param, kind)
+            raise ApiError(400, why, param=param, code="unsupported_content_type")
         else:
-            raise ApiError(400, "messages[%d].content[%d] is not a valid content part (need {\"type\": \"text\", \"text\": ...})"
-                           % (index, j), param="messages[%d].content[%d]" % (index, j))
-    return "".join(texts)
+            raise ApiError(400, "%s is not a valid content part (need {\"type\": \"text\", \"text\": ...})" % param,
+                           param=param)
+    if any(part["type"] == "image" for part in parts):
+        return parts
+    return "".join(part["text"] for part in parts)
+
+
+def _check_unicode(text: str, index: int) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate from a JSON \ud800 escape: no tokenizer takes it
+            raise ApiError(400, "messages[%d].content is not valid Unicode: %s" % (index, exc.reason),
+                           param="messages[%d].content" % index) from exc
 
 
 def _number(body: dict[str, Any], name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
@@ -185,8 +217,10 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     return float(value)
 
 
-def parse_chat_request(body: Any, served_model_name: str) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    """Validate an OpenAI chat completion request; return the messages and the options the engine uses."""
+def parse_chat_request(body: Any, served_model_name: str, vision: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Validate an OpenAI chat completion request; return the messages and the options the engine uses.
+
+    For a vision model (vision=True), options["images"] lists the image parts' urls, in prompt order, unread."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     model = body.get("model")
@@ -196,18 +230,14 @@ def parse_chat_request(body: Any, served_model_name: str) -> tuple[list[dict[str
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' is required: a non-empty list of {role, content}", param="messages")
-    chat = []
+    chat, images = [], []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise ApiError(400, "messages[%d] needs a role, one of %s" % (i, ", ".join(ROLES)), param="messages[%d].role" % i)
-        text = _text_of(message.get("content"), i)
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:  # a lone surrogate from a JSON \ud800 escape: no tokenizer takes it
-                raise ApiError(400, "messages[%d].content is not valid Unicode: %s" % (i, exc.reason),
-                               param="messages[%d].content" % i) from exc
-        chat.append({"role": message["role"], "content": text})
+        content = _content_of(message.get("content"), i, images if vision else None)
+        for text in [content] if isinstance(content, str) else [p["text"] for p in content if p["type"] == "text"]:
+            _check_unicode(text, i)
+        chat.append({"role": message["role"], "content": content})
     n = body.get("n", 1)
     if n != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
@@ -238,6 +268,7 @@ def parse_chat_request(body: Any, served_model_name: str) -> tuple[list[dict[str
         "seed": seed,
         "stream": stream,
         "include_usage": bool(isinstance(options, dict) and options.get("include_usage")),
+        "images": images,
     }
 
 
@@ -504,13 +535,9 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(503, "the model is still loading; retry when /health answers 200",
                            type_="server_error", code="model_loading", headers={"Retry-After": "5"})
         body = self._read_body()
-        messages, opts = parse_chat_request(body, self.server.served_model_name)
+        messages, opts = parse_chat_request(body, self.server.served_model_name, vision=engine.vision)
         context = int(engine.max_model_len or 0)
-        try:
-            prompt = engine.render_prompt(messages, limit=context)
-        except PromptTooLong as exc:
-            raise ApiError(400, "the prompt is more than %d tokens; this model's context is %d tokens" % (exc.at_least, context),
-                           param="messages", code="context_length_exceeded") from exc
+        prompt, image_inputs = self._prompt(messages, opts["images"], context)
         room = context - len(prompt)
         if room < 1:
             raise ApiError(400, "the prompt is %d tokens; this model's context is %d tokens" % (len(prompt), context),
@@ -522,7 +549,7 @@ class Handler(BaseHTTPRequestHandler):
                            code="context_length_exceeded")
         sampling = Sampling(max_tokens=min(wanted, room), temperature=opts["temperature"], top_p=opts["top_p"],
                             stop=opts["stop"], seed=opts["seed"])
-        job = Job(prompt_ids=prompt, sampling=sampling, stream=opts["stream"])
+        job = Job(prompt_ids=prompt, sampling=sampling, stream=opts["stream"], image_inputs=image_inputs)
         try:
             engine.submit(job)
         except QueueFull as exc:
@@ -533,6 +560,28 @@ class Handler(BaseHTTPRequestHandler):
             self._stream(job, meta, opts["include_usage"])
         else:
             self._complete(job, meta)
+
+    def _prompt(self, messages: list[dict[str, Any]], refs: list[ImageRef], context: int) -> tuple[list[int], Any]:
+        """The prompt's ids (image tokens included) and its images' inputs for generate (None without images).
+
+        Cheapest refusals first: the images' count, bytes and declared sizes, then the text's length, and only then
+        the decoding of the images and the processor's work."""
+        engine, policy = self.server.engine, self.server.media
+        try:
+            if not refs:
+                return engine.render_prompt(messages, limit=context), None
+            opened = open_images(refs, policy)
+            text = engine.chat_text(messages, limit=context)
+            images = decode_images(refs, opened)
+            try:
+                return engine.encode_images(text, images, policy.processor_size())
+            except ValueError as exc:  # the processor's refusals, e.g. an aspect ratio over 200
+                raise MediaError("the images could not be processed: %s" % exc, "messages", "invalid_image") from exc
+        except MediaError as exc:
+            raise ApiError(400, exc.message, param=exc.param, code=exc.code) from None
+        except PromptTooLong as exc:
+            raise ApiError(400, "the prompt is more than %d tokens; this model's context is %d tokens" % (exc.at_least, context),
+                           param="messages", code="context_length_exceeded") from exc
 
     def _finished(self, job: Job, result: Any) -> None:
         metrics = self.server.metrics

@@ -6,15 +6,22 @@ waiting ones that decode the same way (greedy, or the same temperature and top_p
 left-padded `generate`: each row keeps its own attention mask, token budget, stop sequences and stream,
 so requests share the matrix multiplies but never each other's output. A request with a seed runs alone
 so that its sampling stays reproducible.
+
+Vision-language models (is_vision_model: a vision_config, or a processor config with an image processor) load
+with their processor, which turns each image into pixel values and its place in the prompt into image tokens.
+A request with images runs alone, a batch of one: its pixel values and the model's M-RoPE positions per image
+grid do not left-pad into a batch as token ids do. Their text-only requests batch as a text model's.
 """
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 LOG = logging.getLogger("autoglm_serve")
@@ -24,6 +31,24 @@ LOG = logging.getLogger("autoglm_serve")
 # its length in tokens (a token can be one byte of an emoji or a dozen characters), so a long prompt is counted
 # in pieces, stopping once it is surely over the context, instead of being tokenized whole first.
 COUNT_CHUNK = 4096
+
+
+def _json_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_vision_model(model_path: str) -> bool:
+    """Whether the model reads images: config.json has a vision_config, or a processor config an image processor."""
+    root = Path(model_path)
+    if isinstance(_json_file(root / "config.json").get("vision_config"), dict):
+        return True
+    processor = _json_file(root / "processor_config.json")
+    return bool(_json_file(root / "preprocessor_config.json").get("image_processor_type")
+                or "image_processor" in processor or processor.get("image_processor_type"))
 
 
 class QueueFull(Exception):
@@ -62,6 +87,8 @@ class Job:
     prompt_ids: list[int]
     sampling: Sampling
     stream: bool
+    # The processor's other outputs for generate (pixel_values, image_grid_thw...) when the prompt has images.
+    image_inputs: dict[str, Any] | None = None
     # ("delta", str) while streaming, then ("done", Result) or ("error", str).
     events: queue.Queue[tuple[str, Any]] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -142,6 +169,9 @@ class Engine:
         self.load_seconds: float | None = None
         self.load_error: str | None = None
         self.ready = threading.Event()
+        self.vision = is_vision_model(model_path)
+        self.processor: Any = None
+        self.chat_template: str | None = None
         self.tokenizer: Any = None
         self.model: Any = None
         self.device: Any = None
@@ -160,7 +190,7 @@ class Engine:
         """Import torch/transformers and load weights and tokenizer from the local directory only."""
         started = time.monotonic()
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
         if self.device_name == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -172,11 +202,18 @@ class Engine:
         else:
             dtype = dtypes[self.dtype_name]
         # local_files_only: the weights were fetched and verified by the deployment; never reach a hub here.
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
-        if not getattr(self.tokenizer, "chat_template", None):
+        if self.vision:
+            self.processor = AutoProcessor.from_pretrained(self.model_path, local_files_only=True)
+            self.tokenizer = self.processor.tokenizer
+            model_class = AutoModelForImageTextToText
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+            model_class = AutoModelForCausalLM
+        self.chat_template = getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        if not self.chat_template:
             raise ValueError("the tokenizer in %s has no chat template (tokenizer_config.json chat_template or "
                              "chat_template.jinja); the chat endpoint needs one" % self.model_path)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, local_files_only=True, dtype=dtype)
+        model = model_class.from_pretrained(self.model_path, local_files_only=True, dtype=dtype)
         self.model = model.to(self.device).eval()
         config_len = getattr(self.model.config, "max_position_embeddings", None)
         if self.max_model_len is None:
@@ -187,15 +224,32 @@ class Engine:
         LOG.info("model %s loaded on %s (%s) in %.1f s", self.model_path, self.device, dtype, self.load_seconds)
 
     # Requests ------------------------------------------------------------------------------------
-    def render_prompt(self, messages: list[dict[str, str]], limit: int | None = None) -> list[int]:
-        """The prompt's token ids; PromptTooLong, without tokenizing it whole, when it is far over `limit` tokens."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def chat_text(self, messages: list[dict[str, Any]], limit: int | None = None) -> str:
+        """The prompt as text (the chat template applied); PromptTooLong, without tokenizing it whole, when it is
+        far over `limit` tokens. Image parts ({"type": "image"}) become the template's image placeholders."""
+        # The tokenizer renders the template (a vision model's is its processor's): nothing here loads an image,
+        # which the processor's own apply_chat_template would do from the urls.
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  **({"chat_template": self.chat_template} if self.vision else {}))
         if limit is not None and len(text) > COUNT_CHUNK:
             counted = self._count_tokens(text, stop_over=2 * limit)
             if counted > 2 * limit:
                 raise PromptTooLong(counted)
+        return text
+
+    def render_prompt(self, messages: list[dict[str, Any]], limit: int | None = None) -> list[int]:
+        """The prompt's token ids; PromptTooLong, without tokenizing it whole, when it is far over `limit` tokens."""
         # The template already carries any BOS it wants.
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(self.chat_text(messages, limit), add_special_tokens=False)["input_ids"])
+
+    def encode_images(self, text: str, images: list[Any], size: dict[str, int]) -> tuple[list[int], dict[str, Any]]:
+        """The prompt's ids with each image's tokens in place of its placeholder, and the pixel inputs for generate.
+
+        size caps the pixels the processor scales each image to (GLM-4.1V's processor honours size, not max_pixels)."""
+        inputs = self.processor(text=[text], images=images, size=size, return_tensors="pt")
+        ids = inputs.pop("input_ids")[0].tolist()
+        inputs.pop("attention_mask", None)
+        return ids, dict(inputs)
 
     def _count_tokens(self, text: str, stop_over: int) -> int:
         """Tokens of text counted COUNT_CHUNK characters at a time, stopping once over stop_over.
@@ -234,8 +288,11 @@ class Engine:
 
     # Generation ----------------------------------------------------------------------------------
     @staticmethod
-    def _batch_key(sampling: Sampling) -> tuple | None:
-        """Requests with equal keys decode alike and may share a batch; None runs alone (seeded sampling)."""
+    def _batch_key(job: Job) -> tuple | None:
+        """Requests with equal keys decode alike and may share a batch; None runs alone (seeded sampling, images)."""
+        sampling = job.sampling
+        if job.image_inputs is not None:
+            return None
         if sampling.temperature <= 0:
             return ("greedy",)
         if sampling.seed is not None:
@@ -247,7 +304,7 @@ class Engine:
         for job in list(self._waiting):
             if len(batch) >= self.max_batch:
                 return
-            if job.cancelled.is_set() or self._batch_key(job.sampling) == key:
+            if job.cancelled.is_set() or self._batch_key(job) == key:
                 self._waiting.remove(job)
                 if not job.cancelled.is_set():
                     batch.append(job)
@@ -266,7 +323,7 @@ class Engine:
                 first = self._waiting.popleft()
                 if not first.cancelled.is_set():
                     break
-            batch, key = [first], self._batch_key(first.sampling)
+            batch, key = [first], self._batch_key(first)
             if key is not None:
                 self._take_alike(batch, key)
                 expected = min(self.max_batch, self._last_batch_size)
@@ -339,6 +396,10 @@ class Engine:
                                  dtype=torch.long, device=self.device)
         attention_mask = torch.tensor([[0] * (width - len(job.prompt_ids)) + [1] * len(job.prompt_ids) for job in jobs],
                                       dtype=torch.long, device=self.device)
+        if jobs[0].image_inputs is not None:  # alone in its batch (_batch_key)
+            kwargs.update({name: value.to(self.device) for name, value in jobs[0].image_inputs.items()})
+            if "pixel_values" in kwargs:
+                kwargs["pixel_values"] = kwargs["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
             self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         results = []
