@@ -7,6 +7,7 @@ Standard library only: this runs on the target nodes.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -41,6 +42,11 @@ _CONFLICT = re.compile(r"Cannot install (.*?) because these package versions hav
 def canonical_name(name: str) -> str:
     """PEP 503 normalised project name."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def record_digest(data: bytes) -> str:
+    """The hash field of a RECORD line (PEP 376/427): urlsafe base64 of the sha256, without padding."""
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode("ascii")
 
 
 def requirement_name(requirement: str) -> str:

