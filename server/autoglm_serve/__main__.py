@@ -82,10 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--limit-images-per-prompt must be 0 (no images) or more, got %d" % args.limit_images_per_prompt)
     if args.image_max_pixels < MIN_PIXELS:
         parser.error("--image-max-pixels must be %d or more, got %d" % (MIN_PIXELS, args.image_max_pixels))
-    if args.allowed_local_media_path is not None:
-        if not args.allowed_local_media_path.is_dir():
-            parser.error("--allowed-local-media-path %s is not a directory" % args.allowed_local_media_path)
-        args.allowed_local_media_path = args.allowed_local_media_path.resolve()
+    if args.allowed_local_media_path is not None and not args.allowed_local_media_path.is_dir():
+        parser.error("--allowed-local-media-path %s is not a directory" % args.allowed_local_media_path)
     return args
 
 

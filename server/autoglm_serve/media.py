@@ -18,6 +18,7 @@ import base64
 import binascii
 import io
 import os
+import stat
 import time
 import urllib.error
 import urllib.parse
@@ -46,7 +47,7 @@ class MediaError(ValueError):
 
 @dataclass(frozen=True)
 class MediaPolicy:
-    allowed_local_path: Path | None = None  # resolved; None refuses file: URLs
+    allowed_local_path: Path | None = None  # the folder file: URLs may name; None refuses them all
     allow_remote: bool = False
     max_images: int = 10
     max_pixels: int = 5_000_000
@@ -109,15 +110,21 @@ def _file_url(ref: ImageRef, policy: MediaPolicy) -> bytes:
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise MediaError("%s: a file: URL must be file:///absolute/path" % ref.param, ref.param, "invalid_image_url")
     # Resolved first (symlinks, ..), then compared: nothing outside the folder is opened or even looked for.
-    path = Path(urllib.parse.unquote(parts.path)).resolve()
-    if not path.is_relative_to(policy.allowed_local_path):
+    try:
+        path = Path(urllib.parse.unquote(parts.path, errors="strict")).resolve()
+    except (OSError, RuntimeError, ValueError):  # a NUL byte, bad percent-encoding, a symlink loop (3.11: RuntimeError)
+        raise MediaError("%s is not a usable file path" % ref.param, ref.param, "invalid_image_url") from None
+    if not path.is_relative_to(policy.allowed_local_path.resolve()):
         raise MediaError("%s is outside the folder this server reads images from" % ref.param, ref.param,
                          "invalid_image_url")
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size > MAX_IMAGE_BYTES:
-                raise _too_big(ref, size)
+        # O_NONBLOCK: a FIFO in the folder must not hang the request; only regular files are read.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise MediaError("%s is not a regular file" % ref.param, ref.param, "invalid_image_url")
+            if info.st_size > MAX_IMAGE_BYTES:
+                raise _too_big(ref, info.st_size)
             return handle.read(MAX_IMAGE_BYTES + 1)
     except OSError as exc:
         raise MediaError("%s cannot be read: %s" % (ref.param, exc.strerror or type(exc).__name__), ref.param,
@@ -140,15 +147,18 @@ def _remote_url(ref: ImageRef, policy: MediaPolicy) -> bytes:
     chunks, size = [], 0
     try:
         with opener.open(ref.url, timeout=REMOTE_TIMEOUT) as response:
-            # Read in pieces: the socket timeout bounds each read, the deadline the whole (a slow trickle).
-            while chunk := response.read(65536):
+            # read1 returns what has arrived: the socket timeout bounds each read, the deadline the whole
+            # (a slow trickle); read(n) would wait for n bytes.
+            while chunk := response.read1(65536):
                 size += len(chunk)
                 if size > MAX_IMAGE_BYTES:
                     raise _too_big(ref, size)
                 if time.monotonic() > deadline:
                     raise TimeoutError("not fetched within %g s" % REMOTE_TIMEOUT)
                 chunks.append(chunk)
-    except (OSError, ValueError, urllib.error.URLError) as exc:
+    except MediaError:
+        raise
+    except (OSError, ValueError) as exc:  # URLError and timeouts are OSErrors; a malformed URL a ValueError
         raise MediaError("%s could not be fetched: %s" % (ref.param, exc), ref.param, "invalid_image_url") from None
     return b"".join(chunks)
 
