@@ -215,7 +215,8 @@ class Engine:
                              "chat_template.jinja); the chat endpoint needs one" % self.model_path)
         model = model_class.from_pretrained(self.model_path, local_files_only=True, dtype=dtype)
         self.model = model.to(self.device).eval()
-        config_len = getattr(self.model.config, "max_position_embeddings", None)
+        # A vision model keeps its language model's context in text_config (get_text_config: the config itself otherwise).
+        config_len = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         if self.max_model_len is None:
             self.max_model_len = int(config_len or 4096)
         self.load_seconds = time.monotonic() - started

@@ -116,6 +116,9 @@ def test_stop_sequence_cuts_the_answer_before_it(server, stream):
 
 
 IMAGE = [{"type": "text", "text": "what is on screen?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+# A text model reads no image from anywhere: the part is refused before its url is looked at.
+IMAGE_FILE = [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]
+IMAGE_HTTP = [{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/screen.png"}}]
 
 
 @pytest.mark.parametrize(("body", "status", "param", "code"), [
@@ -124,6 +127,10 @@ IMAGE = [{"type": "text", "text": "what is on screen?"}, {"type": "image_url", "
     ({"model": "tiny", "messages": []}, 400, "messages", None),
     ({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404, "model", "model_not_found"),
     ({"model": "tiny", "messages": [{"role": "user", "content": IMAGE}]}, 400, "messages[0].content[1]", "unsupported_content_type"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": IMAGE_FILE}]}, 400, "messages[0].content[0]",
+     "unsupported_content_type"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": IMAGE_HTTP}]}, 400, "messages[0].content[0]",
+     "unsupported_content_type"),
     ({"model": "tiny", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role", None),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 7}, 400, "temperature", None),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens", None),
@@ -131,7 +138,7 @@ IMAGE = [{"type": "text", "text": "what is on screen?"}, {"type": "image_url", "
      "context_length_exceeded"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 3}, 400, "n", None),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stop": 5}, 400, "stop", None),
-], ids=["bad-json", "no-messages", "empty-messages", "other-model", "image-part", "bad-role", "temperature",
+], ids=["bad-json", "no-messages", "empty-messages", "other-model", "image-part", "image-file", "image-http", "bad-role", "temperature",
         "zero-max-tokens", "over-context", "n", "stop-type"])
 def test_requests_it_cannot_serve_get_an_openai_error(server, body, status, param, code):
     got, answer = post_json(server.base + "/v1/chat/completions", body)
