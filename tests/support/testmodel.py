@@ -2,6 +2,7 @@
 
     from support.testmodel import tiny_model   # tests/ is on sys.path under pytest
     path = tiny_model(tmp_path_factory)        # directory with config.json, 3 shards, tokenizer, ...
+    path = glm4v_model(tmp_path_factory)       # the tiny trained GLM-4.1V (builder mode glm4v)
 
 The builder is tools/testmodel/build_test_model.py; nothing it writes is committed.
 """
@@ -40,16 +41,27 @@ def _shared_root(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def tiny_model(tmp_path_factory, seed: int = 0) -> Path:
-    """Path of the tiny model built with `seed`; built at most once per session, under a file lock."""
+def _built_once(tmp_path_factory, kind: str, build: str, seed: int) -> Path:
+    """Path of the model `build` (a builder function) writes with `seed`; built at most once per
+    session and builder version, under a file lock."""
     tag = hashlib.sha256(BUILDER.read_bytes()).hexdigest()[:12]
     root = _shared_root(tmp_path_factory)
-    target = root / ("tiny-model-%s-seed%d" % (tag, seed))
+    target = root / ("%s-%s-seed%d" % (kind, tag, seed))
     with open(root / (target.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.is_dir():
             staging = root / (target.name + ".building")
             shutil.rmtree(staging, ignore_errors=True)
-            load_builder().build_tiny_model(staging, seed=seed)
+            getattr(load_builder(), build)(staging, seed=seed)
             staging.rename(target)
     return target
+
+
+def tiny_model(tmp_path_factory, seed: int = 0) -> Path:
+    """Path of the tiny model built with `seed`; built at most once per session, under a file lock."""
+    return _built_once(tmp_path_factory, "tiny-model", "build_tiny_model", seed)
+
+
+def glm4v_model(tmp_path_factory, seed: int = 0) -> Path:
+    """Path of the tiny trained GLM-4.1V model (about half a minute of CPU to build), shared likewise."""
+    return _built_once(tmp_path_factory, "glm4v-model", "build_tiny_glm4v", seed)

@@ -15,7 +15,7 @@ Three modes (and a helper):
            patch 14, temporal patch 2, merge 2, M-RoPE) with GLM-4.1V's file set: config, generation config,
            image and video preprocessor configs, a small BPE with GLM's special tokens in their real order,
            a GLM-4.1V-style ``chat_template.jinja``, 2 bfloat16 safetensors shards and their index. About
-           20-30 s of CPU training (float32, one thread) teach it one answer: greedy, given the user turn
+           50 Adam steps on the CPU (float32, one thread; 15-30 s in all here) teach it one answer: greedy, given the user turn
            [``lab_screenshot_png()``, ``LAB_INSTRUCTION``] it says exactly ``LAB_ACTION`` and stops on
            ``<|user|>`` (an eos id), whether the image comes before or after the text or as vLLM's
            "string" content (placeholder, newline, text), with or without a system message, with or
@@ -499,14 +499,23 @@ def _glm_both_margins(model, embeds, batch) -> tuple[float, float]:
 
 def build_tiny_glm4v(out_dir: str | os.PathLike, seed: int = 0) -> list[str]:
     """Write the tiny trained GLM-4.1V model into out_dir (created if missing); return the file names."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float sums every run: byte-identical weights per seed
+    try:
+        return _build_tiny_glm4v(Path(out_dir), seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_tiny_glm4v(out: Path, seed: int) -> list[str]:
     import io
 
     import torch
     from PIL import Image
     from transformers import AutoConfig, AutoProcessor, Glm4vForConditionalGeneration
 
-    torch.set_num_threads(1)  # the same float sums every run: byte-identical weights per seed
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ids = _glm_tokenizer(out)
     config_dict = _glm_config(ids)
