@@ -4,17 +4,14 @@
         srv.wait_healthy()
         status, body = post_json(srv.base + "/v1/chat/completions", {...})
 
-tiny_glm4v(tmp_path_factory) builds the tiny GLM-4.1V (the builder's glm4v mode) once per session, for the
-vision tests, with the lab screenshot, instruction and the action its greedy answer must be.
+tiny_glm4v(tmp_path_factory) gives the tiny GLM-4.1V (support.testmodel.glm4v_model) for the vision tests,
+with the lab screenshot, instruction and the action its greedy answer must be.
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import http.client
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -25,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from support.testmodel import BUILDER, load_builder
+from support.testmodel import glm4v_model, load_builder
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_DIR = REPO / "server"
@@ -41,20 +38,10 @@ class VisionModel:
 
 
 def tiny_glm4v(tmp_path_factory) -> VisionModel:
-    """The tiny GLM-4.1V, built at most once per session (and once for all xdist workers, under a file lock)."""
+    """The tiny GLM-4.1V (support.testmodel.glm4v_model: built once per session) and what it must answer."""
     builder = load_builder()
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    target = root / ("tiny-glm4v-%s" % hashlib.sha256(BUILDER.read_bytes()).hexdigest()[:12])
-    with open(root / (target.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not target.is_dir():
-            staging = root / (target.name + ".building")
-            shutil.rmtree(staging, ignore_errors=True)
-            builder.build_tiny_glm4v(staging, seed=0)
-            staging.rename(target)
-    return VisionModel(target, builder.lab_screenshot_png(), builder.LAB_INSTRUCTION, builder.LAB_ACTION,
-                       builder.NO_SCREEN_ACTION)
+    return VisionModel(glm4v_model(tmp_path_factory), builder.lab_screenshot_png(), builder.LAB_INSTRUCTION,
+                       builder.LAB_ACTION, builder.NO_SCREEN_ACTION)
 
 
 def free_port() -> int:
