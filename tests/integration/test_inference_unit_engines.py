@@ -25,7 +25,7 @@ def failed_tasks(report):
 
 
 @pytest.mark.parametrize(("extra", "named"), [
-    ({"inference_service_vllm_allowed_local_media_path": "/"}, "inference_service_vllm_allowed_local_media_path"),
+    ({"inference_service_allowed_local_media_path": "/"}, "inference_service_allowed_local_media_path"),
     ({"inference_service_vllm_module": "vllm.entrypoints.openai.api_server"}, "inference_service_vllm_executable"),
     ({"inference_service_sglang_mm_process_config": {"image": {"max_pixels": 5000000}}},
      "inference_service_image_max_pixels"),

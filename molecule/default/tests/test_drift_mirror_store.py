@@ -8,7 +8,7 @@ import re
 testinfra_hosts = ["mirror1"]
 
 DATA = "/srv/autoglm-mirror"
-REPO = "autoglm-lab/tiny-chat"
+REPO = "autoglm-lab/tiny-autoglm-phone"
 SEED = "/srv/models/tiny"
 OBSERVED = "/var/tmp/autoglm-drift-mirror-store.json"  # written by the drift play
 

