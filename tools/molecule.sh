@@ -8,6 +8,8 @@ action="${2:-test}"
 activate_tools
 ensure_lab_pki
 ensure_lab_ssh_key
+# The lab's CPU torchvision, torchaudio and torchcodec (inventories/lab/group_vars/gpu_nodes/venv.yml).
+ensure_cpu_torch_wheels "$TOOL_VENV/bin/pip"
 export NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
 # Molecule's state (created, converged, inventory) and the SSH masters live in this checkout, never in
 # ~/.ansible/tmp: that folder is keyed by the checkout folder's name only, so two clones named alike

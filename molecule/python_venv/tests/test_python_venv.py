@@ -27,12 +27,13 @@ def test_current_links_to_a_hash_named_venv(host):
 
 def test_torch_cpu_and_transformers_import(host):
     out = host.check_output(SERVICE + "/current/bin/python -c "
-                            "'import torch, transformers, tokenizers, safetensors, huggingface_hub; "
-                            "print(torch.__version__, transformers.__version__, torch.cuda.is_available())'")
-    assert out.split() == ["2.13.0+cpu", "5.23.0", "False"]
+                            "'import torch, torchvision, PIL, transformers, tokenizers, safetensors, huggingface_hub; "
+                            "print(torch.__version__, torchvision.__version__, transformers.__version__, torch.cuda.is_available())'")
+    # torchvision is the lab's CPU repack (tools/lab/cpu_torch_wheels.py), preferred to PyPI's CUDA build.
+    assert out.split() == ["2.13.0+cpu", "0.28.0+cpulab", "5.23.0", "False"]
     recorded = marker(host)
     assert recorded["versions"]["torch"] == "2.13.0+cpu" and recorded["cuda"]["available"] is False
-    assert recorded["imports"] == {"torch": "2.13.0+cpu", "transformers": "5.23.0"}
+    assert recorded["imports"] == {"torch": "2.13.0+cpu", "torchvision": "0.28.0+cpulab", "transformers": "5.23.0"}
 
 
 def test_installed_offline_from_the_copied_wheelhouse(host):
