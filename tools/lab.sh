@@ -34,8 +34,10 @@ lab_up() {
     log "Starting $node ($(lab_address "$node"))"
     # The options that run systemd here without --privileged (see ../shared/LAB.md); the lab's public key
     # is ops' only authorized key.
+    # /dev/shm as a real host has room in it: vLLM's engine and workers talk through 160 MiB of ring
+    # buffers there, past Docker's 64 MiB default.
     docker run -d --name "$node" --hostname "$node" --network "$LAB_NETWORK" --ip "$(lab_address "$node")" \
-      --cap-add SYS_ADMIN --cap-add NET_ADMIN --cgroupns host \
+      --cap-add SYS_ADMIN --cap-add NET_ADMIN --cgroupns host --shm-size 1g \
       -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
       -v "$AUTOGLM_LAB_SSH/id_ed25519.pub:/etc/ssh/authorized_keys/ops:ro" \
       --security-opt seccomp=unconfined --security-opt apparmor=unconfined \

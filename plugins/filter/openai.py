@@ -50,7 +50,7 @@ def openai_stream(body) -> dict:
         try:
             chunk = json.loads(data)
         except ValueError:
-            raise AnsibleFilterError("openai_stream: a data line is not JSON: %r" % data[:200])
+            raise AnsibleFilterError("openai_stream: a data line is not JSON: %r" % data[:200]) from None
         if not isinstance(chunk, dict):
             raise AnsibleFilterError("openai_stream: a chunk is not a JSON object: %r" % data[:200])
         result["chunks"] += 1

@@ -264,6 +264,8 @@ def parse_chat_request(body: Any, served_model_name: str, vision: bool = False) 
         "max_tokens": max_tokens,
         "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
         "top_p": _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        "frequency_penalty": _number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        "presence_penalty": _number(body, "presence_penalty", 0.0, -2.0, 2.0),
         "stop": tuple(s for s in stops if s),
         "seed": seed,
         "stream": stream,
@@ -548,7 +550,8 @@ class Handler(BaseHTTPRequestHandler):
                            % (opts["max_tokens"], len(prompt), context), param="max_tokens",
                            code="context_length_exceeded")
         sampling = Sampling(max_tokens=min(wanted, room), temperature=opts["temperature"], top_p=opts["top_p"],
-                            stop=opts["stop"], seed=opts["seed"])
+                            stop=opts["stop"], seed=opts["seed"], frequency_penalty=opts["frequency_penalty"],
+                            presence_penalty=opts["presence_penalty"])
         job = Job(prompt_ids=prompt, sampling=sampling, stream=opts["stream"], image_inputs=image_inputs)
         try:
             engine.submit(job)

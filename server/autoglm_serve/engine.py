@@ -72,6 +72,9 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # OpenAI's penalties over the tokens generated so far: logit -= frequency x count + presence x (count > 0).
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
 
 @dataclass
@@ -294,11 +297,12 @@ class Engine:
         sampling = job.sampling
         if job.image_inputs is not None:
             return None
+        penalties = (sampling.frequency_penalty, sampling.presence_penalty)
         if sampling.temperature <= 0:
-            return ("greedy",)
+            return ("greedy", *penalties)
         if sampling.seed is not None:
             return None
-        return ("sample", sampling.temperature, sampling.top_p)
+        return ("sample", sampling.temperature, sampling.top_p, *penalties)
 
     def _take_alike(self, batch: list[Job], key: tuple) -> None:
         """Move waiting requests with this key into batch, in arrival order, up to max_batch; drop cancelled ones."""
@@ -359,7 +363,7 @@ class Engine:
     def generate_batch(self, jobs: Sequence[Job]) -> list[Result]:
         """One `generate` for all jobs (same decoding settings), prompts left-padded; one Result per job."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         eos_ids = self.eos_ids()
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (eos_ids or [0])[0]
@@ -383,16 +387,30 @@ class Engine:
                                    or job.cancelled.is_set())
                 return torch.tensor(closed, dtype=torch.bool, device=input_ids.device)
 
+        width = max(len(job.prompt_ids) for job in jobs)
+
+        class Penalties(LogitsProcessor):
+            """OpenAI's frequency and presence penalties (the batch shares them, _batch_key), counted over the
+            generated tokens only, as vLLM does."""
+
+            def __call__(self, input_ids: Any, scores: Any) -> Any:
+                generated = input_ids[:, width:]
+                if generated.shape[1] == 0:
+                    return scores
+                counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+                return scores - sampling.frequency_penalty * counts - sampling.presence_penalty * (counts > 0).to(scores.dtype)
+
         sampling = jobs[0].sampling
         kwargs: dict[str, Any] = {"max_new_tokens": max(job.sampling.max_tokens for job in jobs),
                                   "stopping_criteria": StoppingCriteriaList([Tap()]), "pad_token_id": pad_id}
+        if sampling.frequency_penalty or sampling.presence_penalty:
+            kwargs["logits_processor"] = LogitsProcessorList([Penalties()])
         if sampling.temperature <= 0:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
-        width = max(len(job.prompt_ids) for job in jobs)
         input_ids = torch.tensor([[pad_id] * (width - len(job.prompt_ids)) + list(job.prompt_ids) for job in jobs],
                                  dtype=torch.long, device=self.device)
         attention_mask = torch.tensor([[0] * (width - len(job.prompt_ids)) + [1] * len(job.prompt_ids) for job in jobs],

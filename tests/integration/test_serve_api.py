@@ -232,3 +232,15 @@ def test_one_batch_keeps_each_requests_budget_and_stop(server, model_dir):
         got = list(pool.map(ask, range(len(PROMPTS))))
     assert [text for text, _ in got] == expected
     assert all(tokens <= budget for (_, tokens), budget in zip(got, budgets))
+
+
+def test_frequency_and_presence_penalties_change_a_repetitive_greedy_answer(server):
+    """The phone agent sends frequency_penalty 0.2; the tiny model's greedy answer repeats tokens, so a strong
+    penalty must change it (OpenAI's semantics over the generated tokens, as vLLM applies them)."""
+    plain = chat(server, PROMPTS[0], max_tokens=16)[1]["choices"][0]["message"]["content"]
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+        status, body = chat(server, PROMPTS[0], max_tokens=16, **penalty)
+        assert status == 200 and body["choices"][0]["message"]["content"] != plain, (penalty, plain)
+    assert chat(server, PROMPTS[0], max_tokens=16, frequency_penalty=0.0)[1]["choices"][0]["message"]["content"] == plain
+    status, body = chat(server, PROMPTS[0], frequency_penalty=2.5)
+    assert status == 400 and body["error"]["param"] == "frequency_penalty"

