@@ -11,7 +11,8 @@ name: openai_stream
 short_description: The answer, usage and finish reason of a streamed OpenAI chat completion
 version_added: "0.1.0"
 description:
-  - Reads the body of a C(stream=true) C(/v1/chat/completions) response (C(data:) lines of JSON chunks, then
+  - >-
+    Reads the body of a C(stream=true) C(/v1/chat/completions) response (C(data:) lines of JSON chunks, then
     C(data: [DONE])), as vLLM, SGLang and the built-in server send it, and joins the deltas of choice 0.
   - An error sent inside the stream (a chunk with an C(error) object) is returned, not raised, so the caller
     can show it beside the node's journal.
