@@ -46,6 +46,8 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# serve_overhead.py's runner (this folder is on sys.path when a bench runs as a script).
+from serve_overhead import concurrent as run_concurrent
 from support.serve import ServeProcess, free_port, post_json, request, stream_events  # one home for the server
 from support.testmodel import load_builder
 
@@ -271,20 +273,7 @@ class Agent:
 
 def concurrent(call: Callable[[], bool], clients: int, rounds: int) -> tuple[float, int]:
     """`rounds` calls in each of `clients` threads at once: wall seconds and how many answers were wrong."""
-    wrong = []
-
-    def client() -> None:
-        for _ in range(rounds):
-            if not call():
-                wrong.append(1)
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - start, len(wrong)
+    return run_concurrent(lambda: int(not call()), clients, rounds)
 
 
 def measure(base: str, agent: Agent, args: argparse.Namespace) -> dict[str, Any]:
