@@ -68,7 +68,7 @@ for scenario in "${scenarios[@]}"; do
   else
     # The first failures say why; the last lines are mostly the destroy that follows them.
     echo "  FAILED in $((SECONDS - start))s; first failures in .cache/molecule-$scenario.log:"
-    grep -n -m 20 -A 12 -E '^(fatal|failed):|UNREACHABLE!|^E  |^FAILED |^ERROR ' "$REPO_ROOT/.cache/molecule-$scenario.log" | head -n 120
+    grep -n -m 20 -A 12 -E '^(fatal|failed):|UNREACHABLE!|^E  |^FAILED [^-]|^ERROR ' "$REPO_ROOT/.cache/molecule-$scenario.log" | head -n 120
     echo "  last lines:"
     tail -n 25 "$REPO_ROOT/.cache/molecule-$scenario.log"
     record "molecule $scenario" "$((SECONDS - start))" FAILED
