@@ -9,8 +9,9 @@ so that its sampling stays reproducible.
 
 Vision-language models (is_vision_model: a vision_config, or a processor config with an image processor) load
 with their processor, which turns each image into pixel values and its place in the prompt into image tokens.
-A request with images runs alone, a batch of one: its pixel values and the model's M-RoPE positions per image
-grid do not left-pad into a batch as token ids do. Their text-only requests batch as a text model's.
+Requests with images batch like text ones: each row's token-type ids (which tokens are image tokens) are
+left-padded with its ids, and the pixel values and image grids of all rows are concatenated in row order, the
+order in which the model's M-RoPE index (computed per row over the unpadded tokens) consumes them.
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ LOG = logging.getLogger("autoglm_serve")
 # its length in tokens (a token can be one byte of an emoji or a dozen characters), so a long prompt is counted
 # in pieces, stopping once it is surely over the context, instead of being tokenized whole first.
 COUNT_CHUNK = 4096
+# Processor outputs with one value per prompt token (GLM-4.1V's, Qwen2-VL's: which tokens are image tokens); the
+# others (pixel_values, image_grid_thw...) have one entry per image patch or image.
+PER_TOKEN_INPUTS = frozenset({"mm_token_type_ids", "token_type_ids"})
 
 
 def _json_file(path: Path) -> dict[str, Any]:
@@ -293,10 +297,8 @@ class Engine:
     # Generation ----------------------------------------------------------------------------------
     @staticmethod
     def _batch_key(job: Job) -> tuple | None:
-        """Requests with equal keys decode alike and may share a batch; None runs alone (seeded sampling, images)."""
+        """Requests with equal keys decode alike and may share a batch; None runs alone (seeded sampling)."""
         sampling = job.sampling
-        if job.image_inputs is not None:
-            return None
         penalties = (sampling.frequency_penalty, sampling.presence_penalty)
         if sampling.temperature <= 0:
             return ("greedy", *penalties)
@@ -415,10 +417,7 @@ class Engine:
                                  dtype=torch.long, device=self.device)
         attention_mask = torch.tensor([[0] * (width - len(job.prompt_ids)) + [1] * len(job.prompt_ids) for job in jobs],
                                       dtype=torch.long, device=self.device)
-        if jobs[0].image_inputs is not None:  # alone in its batch (_batch_key)
-            kwargs.update({name: value.to(self.device) for name, value in jobs[0].image_inputs.items()})
-            if "pixel_values" in kwargs:
-                kwargs["pixel_values"] = kwargs["pixel_values"].to(self.model.dtype)
+        kwargs.update(self._batch_image_inputs(jobs, width))
         with torch.inference_mode():
             self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         results = []
@@ -431,6 +430,34 @@ class Engine:
             results.append(Result(text=tracker.text, finish_reason=tracker.finish_reason or "length",
                                   prompt_tokens=len(job.prompt_ids), completion_tokens=len(tracker.ids)))
         return results
+
+    def _batch_image_inputs(self, jobs: Sequence[Job], width: int) -> dict[str, Any]:
+        """The processor's outputs of every row with images, as one batch's generate arguments.
+
+        Per-token outputs (PER_TOKEN_INPUTS, shaped like a row's ids) are left-padded with zeros as the ids are,
+        and rows without images get zeros; per-image outputs (pixel values, grids) are concatenated in row order.
+        """
+        import torch
+
+        with_images = [job for job in jobs if job.image_inputs is not None]
+        if not with_images:
+            return {}
+        names = {name for job in with_images for name in job.image_inputs}
+        inputs: dict[str, Any] = {}
+        for name in sorted(names):
+            if name in PER_TOKEN_INPUTS:
+                rows = []
+                for job in jobs:
+                    row = (job.image_inputs or {}).get(name)
+                    row = row[0] if row is not None else torch.zeros(len(job.prompt_ids), dtype=torch.int)
+                    rows.append(torch.cat([torch.zeros(width - len(job.prompt_ids), dtype=row.dtype), row]))
+                inputs[name] = torch.stack(rows).to(self.device)
+            else:
+                inputs[name] = torch.cat([job.image_inputs[name] for job in with_images if name in job.image_inputs]
+                                         ).to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
 
     def gpu_memory(self) -> list[tuple[str, dict[str, str], float]]:
         """Allocated/reserved bytes per CUDA device, for /metrics; nothing on a CPU node."""

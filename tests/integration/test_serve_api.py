@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support.serve import ServeProcess, post_json, request, stream_events
+from support.serve import ServeProcess, metric, post_json, request, stream_events
 from support.testmodel import tiny_model
 
 PROMPTS = [
@@ -40,15 +40,6 @@ def server(model_dir, tmp_path_factory):
 def chat(server, content, **extra):
     return post_json(server.base + "/v1/chat/completions",
                      dict({"model": "tiny", "messages": [{"role": "user", "content": content}], "temperature": 0}, **extra))
-
-
-def metric(server, name, **labels) -> float:
-    text = request("GET", server.base + "/metrics")[2].decode()
-    want = "{%s}" % ",".join('%s="%s"' % kv for kv in sorted(labels.items())) if labels else ""
-    for line in text.splitlines():
-        if line.startswith(name + want + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def test_models_lists_the_served_name(server):

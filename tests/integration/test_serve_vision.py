@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support.serve import RawConnection, ServeProcess, post_json, stream_events, tiny_glm4v
+from support.serve import RawConnection, ServeProcess, metric, post_json, stream_events, tiny_glm4v
 
 URL = "/v1/chat/completions"
 
@@ -205,24 +205,30 @@ def test_the_pixel_cap_scales_images_down(server, tight):
 TEXTS = ["Tap the search bar", "Open the settings app and turn on airplane mode.", "hi"]
 
 
-def test_text_requests_and_image_requests_answer_together(server, vlm):
-    """Image requests run alone; text requests of different lengths still batch (left-padded) beside them, and
-    every request gets the answer it gets alone."""
-
-    def text(prompt):
-        body = post_json(server.base + URL, {"messages": [{"role": "user", "content": prompt}], "temperature": 0,
-                                             "max_tokens": 12})[1]
-        return body["choices"][0]["message"]["content"]
+def test_image_and_text_requests_share_batches_and_each_gets_its_own_answer(server, vlm):
+    """Image requests batch with each other and with text requests: prompts of different lengths (the screenshot,
+    a smaller image, text only) are left-padded together, and every request gets the answer it gets alone."""
+    small = png(200, 120, color=(200, 60, 20))
 
     def one(i):
-        if i % 2:
-            return ask(server, [image_part(data_url(vlm.screenshot))], vlm.instruction)[1]["choices"][0]["message"]["content"]
-        return text(TEXTS[i // 2 % len(TEXTS)])
+        kind = i % 3
+        if kind == 0:
+            body = ask(server, [image_part(data_url(vlm.screenshot))], vlm.instruction)[1]
+        elif kind == 1:
+            body = ask(server, [image_part(data_url(small))], "What is on the screen?", max_tokens=12)[1]
+        else:
+            body = post_json(server.base + URL, {"messages": [{"role": "user", "content": TEXTS[i % len(TEXTS)]}],
+                                                 "temperature": 0, "max_tokens": 12})[1]
+        return body["choices"][0]["message"]["content"], body["usage"]["prompt_tokens"]
 
-    alone = [one(i) for i in range(6)]
-    assert alone[1::2] == [vlm.action] * 3
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        assert list(pool.map(one, range(6))) == alone
+    alone = [one(i) for i in range(9)]
+    assert [answer for answer, _ in alone[0::3]] == [vlm.action] * 3
+    batches = metric(server, "autoglm_serve_batches_total")
+    with ThreadPoolExecutor(max_workers=9) as pool:
+        assert list(pool.map(one, range(9))) == alone
+    # Six of the nine carry an image: fewer batches than that means image rows shared a batch (the first request
+    # runs alone while the rest arrive), else this proved only the queue.
+    assert metric(server, "autoglm_serve_batches_total") - batches < 6
 
 
 # Refusals --------------------------------------------------------------------------------------------------

@@ -62,6 +62,16 @@ def request(method: str, url: str, body: bytes | None = None, headers: dict | No
         conn.close()
 
 
+def metric(server: Any, name: str, **labels: str) -> float:
+    """One sample of the server's /metrics (0 when absent), e.g. metric(srv, "autoglm_serve_batches_total")."""
+    text = request("GET", server.base + "/metrics")[2].decode()
+    want = "{%s}" % ",".join('%s="%s"' % kv for kv in sorted(labels.items())) if labels else ""
+    for line in text.splitlines():
+        if line.startswith(name + want + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def post_json(url: str, payload: Any, headers: dict | None = None, timeout: float = 120) -> tuple[int, Any]:
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     status, _, body = request("POST", url, raw, dict({"Content-Type": "application/json"}, **(headers or {})), timeout)
