@@ -4,8 +4,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,24 @@ def run_module():
 
 
 @pytest.fixture
-def smi_fixture():
-    """Path of a recorded machine's folder under tests/fixtures/nvidia-smi."""
-    return lambda name: FIXTURES / "nvidia-smi" / name
+def smi_fixture(tmp_path):
+    """A recorded machine's folder from tests/fixtures/nvidia-smi, laid out under tmp_path: its files, the
+    nvidia-smi link to ../replay, and its sysfs slice unpacked from sysfs.tar into FOLDER/sysfs. The slice is
+    stored as an archive because PCI addresses have colons (file names Windows, Galaxy's ansible-test sanity
+    and some checkouts refuse) and its driver links point at folders the slice leaves out."""
+    recorded = FIXTURES / "nvidia-smi"
+
+    def machine(name: str) -> Path:
+        root = tmp_path / "recorded-gpus"
+        root.mkdir(exist_ok=True)
+        shutil.copy2(recorded / "replay", root / "replay")
+        folder = root / name
+        shutil.copytree(recorded / name, folder, symlinks=True)
+        archive = folder / "sysfs.tar"
+        if archive.exists():
+            with tarfile.open(archive) as tar:
+                # the data filter (Python 3.11.4+) refuses members and links that leave the folder
+                tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            archive.unlink()
+        return folder
+    return machine
