@@ -17,6 +17,8 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.autoglm.deploy.plugins.module_utils._stdlib import git_blob_header, git_blob_sha1
+
 SHA256 = "sha256"
 GIT_SHA1 = "git_sha1"
 ALGORITHMS = (SHA256, GIT_SHA1)
@@ -27,15 +29,7 @@ class HashError(Exception):
     """A file could not be hashed (unreadable, or it changed size while being read)."""
 
 
-def git_blob_header(size: int) -> bytes:
-    return b"blob %d\0" % size
-
-
-def git_blob_sha1_bytes(data: bytes) -> str:
-    """The id `git hash-object` gives this content."""
-    digest = hashlib.sha1(git_blob_header(len(data)))  # git's object id, not a security hash
-    digest.update(data)
-    return digest.hexdigest()
+git_blob_sha1_bytes = git_blob_sha1  # the id `git hash-object` gives bytes in memory (one home: _stdlib)
 
 
 class IncrementalHasher:

@@ -63,11 +63,16 @@ import socket
 import ssl
 import threading
 import time
-from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 from urllib.request import getproxies, proxy_bypass
 
 from ansible_collections.autoglm.deploy.plugins.module_utils._hashing import GIT_SHA1, SHA256, IncrementalHasher
-from ansible_collections.autoglm.deploy.plugins.module_utils._manifest import netloc_without_credentials
+from ansible_collections.autoglm.deploy.plugins.module_utils._stdlib import (
+    atomic_write,
+    fsync_dir,
+    json_bytes,
+    netloc_without_credentials,
+)
 
 MIB = 1 << 20
 DEFAULT_CHUNK_SIZE = 16 * MIB
@@ -161,16 +166,18 @@ def _json_depth(data, limit: int) -> None:
             stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
 
 
-def parse_json_bounded(raw: bytes, what: str, where: str):
-    """Parse a bounded JSON body; every way it can be bad is a DownloadError saying so."""
+def parse_json_bounded(raw: bytes, what: str, where: str, expected: str = ""):
+    """Parse a bounded JSON body; every way it can be bad is a DownloadError saying so (and, when the caller
+    names what should have answered, asking whether it is that)."""
     try:
         data = json.loads(raw.decode("utf-8"))
         _json_depth(data, JSON_DEPTH_LIMIT)
     except RecursionError:
         raise DownloadError("%s: %s answered with JSON nested too deeply" % (what, where), "http") from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise DownloadError("%s: %s did not answer with usable JSON (%s; is it a Hugging Face / ModelScope "
-                            "endpoint?)" % (what, where, str(exc)[:100]), "http") from None
+        raise DownloadError("%s: %s did not answer with usable JSON (%s%s)"
+                            % (what, where, str(exc)[:100], "; is it %s?" % expected if expected else ""),
+                            "http") from None
     return data
 
 
@@ -212,6 +219,25 @@ def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | No
     if retry_after is not None:
         return min(max(retry_after, 0.0), max_retry_after)
     return random.uniform(0, min(cap, base * (2 ** attempt)))
+
+
+class Dialect:
+    """What a kind of server says beyond plain HTTP: how it names an error, how it announces a size, what it
+    is called in a message. This plain one knows nothing beyond HTTP; a hub (_hubs.py) is a subclass."""
+
+    title = ""  # "a Hugging Face endpoint": asked about when an answer is not the JSON expected
+
+    def error_detail(self, headers, body: bytes) -> tuple:
+        """(error code or None, detail text or "") of an error answer."""
+        return None, ""
+
+    def announced_size(self, headers) -> int | None:
+        """The size of the file behind a HEAD answer."""
+        length = headers.get("Content-Length")
+        return int(length) if length and length.isdigit() else None
+
+
+PLAIN_HTTP = Dialect()
 
 
 class Settings:
@@ -265,8 +291,9 @@ class Response:
 class Client:
     """HTTP(S) requests with a keep-alive connection pool per (scheme, host, port), proxies, TLS settings, auth."""
 
-    def __init__(self, settings: Settings | None = None):
+    def __init__(self, settings: Settings | None = None, dialect: Dialect = PLAIN_HTTP):
         self.settings = settings or Settings()
+        self.dialect = dialect
         self._pool: dict[tuple, list] = {}
         self._lock = threading.Lock()
         self._ssl: ssl.SSLContext | None = None
@@ -413,16 +440,12 @@ class Client:
         if resp.status in ok:
             return
         status = resp.status
-        code = resp.headers.get("X-Error-Code")
-        detail = resp.headers.get("X-Error-Message") or ""
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        body = b""
         with contextlib.suppress(Exception):
             body = resp.raw.read(ERROR_BODY_LIMIT)
-            if not detail and body:
-                with contextlib.suppress(ValueError, AttributeError):
-                    data = json.loads(body.decode("utf-8", "replace"))
-                    detail = str(data.get("error") or data.get("Message") or "")
         resp.release()
+        code, detail = self.dialect.error_detail(resp.headers, body)
         where = redact_url(resp.url)
         suffix = (": " + detail[:300]) if detail else ""
         if status == 401:
@@ -481,7 +504,7 @@ class Client:
                 raise DownloadError("%s: reading the answer from %s failed: %s" % (what, redact_url(url), exc),
                                     "network", retryable=True) from None
             resp.release()
-            return parse_json_bounded(raw, what, redact_url(url)), resp.headers
+            return parse_json_bounded(raw, what, redact_url(url), self.dialect.title), resp.headers
         return self.retrying(once, what)
 
     def head_size(self, url: str, what: str, credential: Credential | None = None) -> int | None:
@@ -489,8 +512,7 @@ class Client:
             resp = self.open("HEAD", url, credential=credential)
             self.check_status(resp, what)
             resp.release(False)
-            length = resp.headers.get("X-Linked-Size") or resp.headers.get("Content-Length")
-            return int(length) if length and length.isdigit() else None
+            return self.dialect.announced_size(resp.headers)
         return self.retrying(once, what)
 
 
@@ -677,21 +699,7 @@ class Progress:
 
 
 def write_json_atomic(path: str, data, durable: bool = True) -> None:
-    tmp = "%s.tmp-%d-%d" % (path, os.getpid(), threading.get_ident())
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, sort_keys=True)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(path, json_bytes(data, indent=None), durable=durable)
 
 
 def _is_disk_full(exc: OSError) -> bool:
@@ -1066,7 +1074,3 @@ class FileDownload:
         self.size = hasher.fed
         return hasher.hexdigests()
 
-
-def hf_quote(path: str) -> str:
-    """A repo path as Hugging Face URLs carry it (each segment percent-quoted, '/' kept)."""
-    return quote(path, safe="/")

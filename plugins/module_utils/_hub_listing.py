@@ -7,9 +7,9 @@ it is trusted as it comes: the commit must be a 40-hex id, each path a safe rela
 an integer >= 0, each hash lowercase hex of its length, no path twice, and every file must carry a hash
 to be verified by. A bad entry raises ListingError naming the entry, its path and the endpoint.
 
-parse_hf() reads Hugging Face's /api/models/{id}/revision/{rev}?blobs=true, parse_ms() ModelScope's
-/api/v1/models/{id}/repo/files. Both return (commit, {path: {size, sha256, git_sha1}}); our own state
-folder (.autoglm/) is never a model file and is left out. Standard library only: runs on target nodes.
+Each hub's parser (_hubs.py) builds its (commit, {path: {size, sha256, git_sha1}}) from these checks and
+add_entry(), which leaves our own state folder (.autoglm/) out: it is never a model file. Standard
+library only: runs on target nodes.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def check_hex(value, digits: int, where: str, what: str):
         return None
     if isinstance(value, str) and _manifest.is_hex(value.lower(), digits):
         return value.lower()
-    raise ListingError("%s: %s must be hex of %d digits, got %r" % (where, what, digits, _short(value)))
+    raise ListingError("%s: %s must be hex of %d digits, got %r" % (where, what, digits, short(value)))
 
 
 def check_commit(value, where: str) -> str:
@@ -45,7 +45,7 @@ def check_commit(value, where: str) -> str:
 
 def check_path(path, where: str) -> str:
     if not isinstance(path, str) or not path:
-        raise ListingError("%s: the path must be a non-empty string, got %r" % (where, _short(path)))
+        raise ListingError("%s: the path must be a non-empty string, got %r" % (where, short(path)))
     if not _manifest.is_state_path(path):  # our state folder is dropped by the caller, never written
         try:
             _manifest.check_relpath(path, "path")
@@ -54,9 +54,9 @@ def check_path(path, where: str) -> str:
     try:
         encoded = path.encode("utf-8")
     except UnicodeEncodeError:
-        raise ListingError("%s: path %r is not valid UTF-8" % (where, _short(path))) from None
+        raise ListingError("%s: path %r is not valid UTF-8" % (where, short(path))) from None
     if len(encoded) > MAX_PATH_BYTES or any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in path.split("/")):
-        raise ListingError("%s: path %r is longer than a file system allows" % (where, _short(path)))
+        raise ListingError("%s: path %r is longer than a file system allows" % (where, short(path)))
     return path
 
 
@@ -65,7 +65,7 @@ def check_entry(path, size, sha256, git_sha1, where: str) -> tuple:
     path = check_path(path, where)
     where = "%s (%r)" % (where, path)
     if size is not None and (not _is_int(size) or size < 0):
-        raise ListingError("%s: size must be an integer >= 0, got %r" % (where, _short(size)))
+        raise ListingError("%s: size must be an integer >= 0, got %r" % (where, short(size)))
     info = {"size": size, "sha256": check_hex(sha256, 64, where, "sha256"),
             "git_sha1": check_hex(git_sha1, 40, where, "the git blob id")}
     if info["sha256"] is None and info["git_sha1"] is None:
@@ -75,61 +75,14 @@ def check_entry(path, size, sha256, git_sha1, where: str) -> tuple:
     return path, info
 
 
-def _add(files: dict, path: str, info: dict, where: str) -> None:
+def add_entry(files: dict, path: str, info: dict, where: str) -> None:
     if path in files:
         raise ListingError("%s: path %r is listed twice" % (where, path))
     if not _manifest.is_state_path(path):
         files[path] = info
 
 
-def _short(value) -> str:
+def short(value) -> str:
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
 
-
-def parse_hf(data, where: str) -> tuple:
-    """(commit, files) of a Hugging Face revision listing (with blobs=true)."""
-    if not isinstance(data, dict) or not isinstance(data.get("siblings"), list):
-        raise ListingError("%s: the answer has no siblings list (is it a Hugging Face endpoint?)" % where)
-    commit = check_commit(data.get("sha"), where)
-    files: dict = {}
-    for index, sib in enumerate(data["siblings"]):
-        at = "%s: siblings[%d]" % (where, index)
-        if not isinstance(sib, dict):
-            raise ListingError("%s must be an object, got %s" % (at, type(sib).__name__))
-        lfs = sib.get("lfs")
-        if lfs is not None and not isinstance(lfs, dict):
-            raise ListingError("%s: lfs must be an object, got %s" % (at, type(lfs).__name__))
-        if lfs and lfs.get("sha256"):
-            # An LFS file: blobId is the pointer's id, not the content's, so only sha256 names the bytes.
-            size = lfs.get("size", sib.get("size"))
-            path, info = check_entry(sib.get("rfilename"), size, lfs["sha256"], None, at)
-        else:
-            path, info = check_entry(sib.get("rfilename"), sib.get("size"), None, sib.get("blobId"), at)
-        _add(files, path, info, at)
-    return commit, files
-
-
-def parse_ms(data, where: str, rev: str) -> tuple:
-    """(commit, files) of a ModelScope file listing; the commit is the one its files name, else rev."""
-    listing = data.get("Data") if isinstance(data, dict) else None
-    if not isinstance(listing, dict) or not isinstance(listing.get("Files"), list):
-        raise ListingError("%s: the answer has no Data.Files list (is it a ModelScope endpoint?)" % where)
-    files: dict = {}
-    commits = set()
-    for index, item in enumerate(listing["Files"]):
-        at = "%s: Data.Files[%d]" % (where, index)
-        if not isinstance(item, dict):
-            raise ListingError("%s must be an object, got %s" % (at, type(item).__name__))
-        if not isinstance(item.get("Type"), str):
-            raise ListingError("%s: Type must be a string, got %r" % (at, _short(item.get("Type"))))
-        if item["Type"] != "blob":
-            continue  # folders ("tree")
-        path, info = check_entry(item.get("Path"), item.get("Size"), item.get("Sha256"), None, at)
-        # A file's Revision is its commit on ModelScope; anything else there (a branch name) names no commit.
-        revision = item.get("Revision")
-        if isinstance(revision, str) and _manifest.is_hex(revision.lower(), 40):
-            commits.add(revision.lower())
-        _add(files, path, info, at)
-    commit = commits.pop() if len(commits) == 1 else rev
-    return commit, files

@@ -4,31 +4,35 @@
 Location: <model_dir>/.autoglm/manifest.json. `.autoglm/` holds this collection's own state
 (manifest, verify cache, quarantine) and is never counted as a model file. Format 1:
 
-    {"format": 1, "source": "huggingface" | "modelscope" | "url", "repo_id": "org/name",
+    {"format": 1, "source": "huggingface" | "modelscope" | "url" | <another hub>, "repo_id": "org/name",
      "revision": "<as asked>", "commit": "<resolved commit id>", "fetched_at": "<ISO-8601 UTC>",
      "files": [{"path": "relative/posix/path", "size": 123, "sha256": "<hex>" | null,
                 "git_sha1": "<hex>" | null, "endpoint": "<base URL that served it>",
                 "fetched_at": "<ISO-8601 UTC>"  (optional: when this file was downloaded)}]}
 
 `files` is sorted by path; each file has at least one of sha256 / git_sha1; an endpoint never
-carries credentials. validate() says which field is wrong; write() is atomic (temp file in the
+carries credentials. validate() says which field is wrong; write() is atomic (_stdlib.atomic_write: temp file in the
 same directory, fsync, os.replace, fsync of the directory) so a crash leaves the old or the new
 manifest, never half of one. Standard library only: this runs on target nodes.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
+
+from ansible_collections.autoglm.deploy.plugins.module_utils import _stdlib
+
+# For the callers that write or record URLs through this module (code_tree, _verify): their home is _stdlib.
+atomic_write_bytes = _stdlib.atomic_write
+strip_credentials = _stdlib.strip_credentials
 
 FORMAT = 1
 STATE_DIR = ".autoglm"
 MANIFEST_NAME = "manifest.json"
-SOURCES = ("huggingface", "modelscope", "url")
+SOURCE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")  # a hub's name (_hubs.HUBS); the manifest outlives the registry
 _HEX_DIGITS = {"sha256": 64, "git_sha1": 40}
 _TOP_KEYS = ("format", "source", "repo_id", "revision", "commit", "fetched_at", "files")
 _FILE_KEYS = ("path", "size", "sha256", "git_sha1", "endpoint")
@@ -76,22 +80,6 @@ def check_relpath(path, where: str = "path") -> str:
     if is_state_path(path):
         raise ManifestError("%s %r is inside %s/, which holds state, not model files" % (where, path, STATE_DIR))
     return path
-
-
-def netloc_without_credentials(parts) -> str:
-    """host[:port] of a urlsplit() result, IPv6 bracketed, never the user:password@ part."""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = "[%s]" % host
-    if parts.port:
-        host += ":%d" % parts.port
-    return host
-
-
-def strip_credentials(url: str) -> str:
-    """The base URL without user:password@, query or fragment: what may be recorded as an endpoint."""
-    parts = urlsplit(url)
-    return "%s://%s%s" % (parts.scheme, netloc_without_credentials(parts), parts.path.rstrip("/")) if parts.scheme else url
 
 
 def _check_endpoint(value, where: str) -> None:
@@ -142,8 +130,8 @@ def validate(data) -> dict:
     missing = [key for key in _TOP_KEYS if key not in data]
     if missing:
         raise ManifestError("the manifest lacks %s" % ", ".join(missing))
-    if data["source"] not in SOURCES:
-        raise ManifestError("source %r is not one of %s" % (data["source"], ", ".join(SOURCES)))
+    if not isinstance(data["source"], str) or not SOURCE_RE.match(data["source"]):
+        raise ManifestError("source %r is not a hub name (such as huggingface, modelscope or url)" % (data["source"],))
     for key in ("repo_id", "revision", "commit", "fetched_at"):
         if not isinstance(data[key], str) or not data[key]:
             raise ManifestError("%s must be a non-empty string, got %r" % (key, data[key]))
@@ -189,31 +177,8 @@ def by_path(manifest: dict) -> dict:
     return {entry["path"]: entry for entry in manifest["files"]}
 
 
-def atomic_write_bytes(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so readers see the old or the new content, never a mix, even after a crash."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def dumps(data) -> bytes:
-    return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
+    return _stdlib.json_bytes(data)
 
 
 def write(model_dir: str, manifest: dict) -> str:

@@ -1,4 +1,4 @@
-"""ModelScope listings (parse_ms) held to what Hugging Face listings are (tests/integration/test_model_fetch_hostile.py,
+"""ModelScope listings (ModelScope.parse) held to what Hugging Face listings are (tests/integration/test_model_fetch_hostile.py,
 BAD_LISTINGS): every Data.Files entry checked by name before anything is fetched."""
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import hashlib
 import pytest
 
 from ansible_collections.autoglm.deploy.plugins.module_utils import _hub_listing
-from ansible_collections.autoglm.deploy.plugins.module_utils._hub_listing import ListingError, parse_ms
+from ansible_collections.autoglm.deploy.plugins.module_utils._hub_listing import ListingError
+from ansible_collections.autoglm.deploy.plugins.module_utils._hubs import ModelScope
+
+parse_ms = ModelScope.parse
 
 COMMIT = "a" * 40
 OTHER = "c" * 40

@@ -37,7 +37,7 @@ def test_round_trip_sorted_and_atomic(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     (dict(format=2), "format 2 is not supported"),
-    (dict(source="github"), "source 'github' is not one of"),
+    (dict(source="Git Hub"), "source 'Git Hub' is not a hub name"),
     (dict(commit=""), "commit must be a non-empty string"),
     (dict(files={}), "files must be a list"),
     (dict(files=[entry("../etc/passwd")]), "must be normalised"),
