@@ -288,7 +288,10 @@ def main(argv=None) -> int:
     check.add_argument("--no-head", action="store_true", help="check the lines only (a copy without its head)")
     args = parser.parse_args(argv)
     path = os.path.expanduser(args.path)
-    warn = lambda message: print(message, file=sys.stderr)  # noqa: E731
+
+    def warn(message):
+        print(message, file=sys.stderr)
+
     try:
         if os.environ.get("AUTOGLM_AUDIT_KEY"):
             key = os.environ["AUTOGLM_AUDIT_KEY"].encode()
@@ -576,4 +579,4 @@ class CallbackModule(CallbackBase):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

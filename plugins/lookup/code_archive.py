@@ -2,17 +2,6 @@
 """The controller half of shipping a Python package to nodes in one piece (the node half: code_tree)."""
 from __future__ import annotations
 
-import base64
-import fnmatch
-import gzip
-import hashlib
-import io
-import os
-import tarfile
-
-from ansible.errors import AnsibleLookupError
-from ansible.plugins.lookup import LookupBase
-
 DOCUMENTATION = r"""
 name: code_archive
 short_description: A package folder of the controller as one reproducible archive, for autoglm.deploy.code_tree
@@ -47,6 +36,17 @@ _raw:
   type: list
   elements: dict
 """
+
+import base64
+import fnmatch
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+
+from ansible.errors import AnsibleLookupError
+from ansible.plugins.lookup import LookupBase
 
 
 def pack(folder: str, patterns: list) -> dict:

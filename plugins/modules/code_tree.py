@@ -41,7 +41,7 @@ options:
     type: str
     default: "0755"
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

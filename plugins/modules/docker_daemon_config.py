@@ -10,7 +10,7 @@ version_added: "0.1.0"
 description:
   - Reads Docker's C(daemon.json), merges O(settings) into it and writes the result only when the
     parsed configuration changes, so keys written by other tools (for example C(nvidia-ctk runtime configure))
-    survive and Docker needs restarting only when RV(changed) is true.
+    survive and Docker needs restarting only when C(changed) is true.
   - Objects (C(runtimes), C(log-opts), ...) are merged recursively; lists (C(registry-mirrors),
     C(insecure-registries), ...) are replaced or extended as O(list_merge) says; scalars are replaced.
   - An existing file that is not valid JSON, or whose top level is not an object, is never overwritten;
@@ -68,10 +68,10 @@ attributes:
     support: full
     description: The file's text before and after.
 notes:
-  - RV(changed) compares the parsed JSON, not the text, so re-indenting by hand does not count as a change
+  - C(changed) compares the parsed JSON, not the text, so re-indenting by hand does not count as a change
     and does not rewrite the file.
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

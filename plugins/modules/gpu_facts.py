@@ -9,7 +9,7 @@ short_description: Gather facts about NVIDIA GPUs, the driver, CUDA, MIG, NVLink
 version_added: "0.1.0"
 description:
   - Reads C(nvidia-smi) (CSV query, C(-q), C(-L), C(nvlink --status)) and the PCI devices in sysfs.
-  - Never fails for a host without a usable GPU; it returns O(gpu_count=0) with a O(reason) and
+  - Never fails for a host without a usable GPU; it returns RV(gpu_facts.gpu_count=0) with a RV(gpu_facts.reason) and
     lists NVIDIA PCI devices that have no driver bound (or a driver other than C(nvidia)).
   - Sets the C(gpu_facts) fact, also returned at the top level of the result.
 options:
@@ -34,10 +34,12 @@ attributes:
     description: Only reads; behaves the same in check mode.
   diff_mode:
     support: none
+    description: Reads only; there is nothing to diff.
   facts:
     support: full
+    description: Sets the host fact C(gpu_facts), the same as RV(gpu_facts).
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -59,7 +61,7 @@ gpu_facts:
       description: Whether nvidia-smi answered and listed at least one GPU.
       type: bool
     reason:
-      description: Why there is no usable GPU (null when O(usable)).
+      description: Why there is no usable GPU (null when RV(gpu_facts.usable)).
       type: str
     gpu_count:
       description: Number of GPUs nvidia-smi reports.

@@ -51,8 +51,9 @@ attributes:
     description: Reads only.
   diff_mode:
     support: none
+    description: Reads only; there is nothing to diff.
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

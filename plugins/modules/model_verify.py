@@ -107,9 +107,13 @@ attributes:
     description: Verifies the same way but writes nothing, not even the cache; reports what it would quarantine.
   diff_mode:
     support: none
+    description: No diff; RV(quarantined) lists the files moved aside (or that would be, in check mode).
   action:
     support: full
     description: The signature is checked on the controller by the action plugin of the same name.
+requirements:
+  - C(cryptography) on the controller, for O(public_key) (a dependency of ansible-core; the collection's C(requirements.txt)
+    lists it). The node needs only the Python standard library.
 notes:
   - Only the Python standard library runs on the node; the signature is checked on the controller, with the
     C(cryptography) package that ansible-core already needs.
@@ -119,7 +123,7 @@ seealso:
     description: The signature format (in-toto statement in a DSSE envelope in a sigstore bundle).
     link: https://github.com/sigstore/model-transparency
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -52,8 +52,9 @@ attributes:
     description: Only reads; behaves the same in check mode.
   diff_mode:
     support: none
+    description: Reads only; there is nothing to diff.
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -44,7 +44,7 @@ options:
       num_kv_heads: {description: KV heads (config num_key_value_heads)., type: int, required: true}
       head_dim: {description: Size of one attention head., type: int, required: true}
       tensor_parallel_size: {description: GPUs one replica spans., type: int, default: 1}
-      overhead_gib: {description: Activations, CUDA graphs, vision encoder and allocator slack per GPU., type: float, default: 2.5}
+      overhead_gib: {description: 'Activations, CUDA graphs, vision encoder and allocator slack per GPU.', type: float, default: 2.5}
       gpu_memory_utilization: {description: Fraction of VRAM the engine may take., type: float, default: 0.9}
       vram_per_gpu_gib: {description: Explicit VRAM need per GPU; overrides the derivation., type: float}
       size_gib: {description: Size of the weights on disk; derived from parameters and dtype when unset., type: float}
@@ -83,15 +83,16 @@ options:
       ram: {description: Enough memory., type: str, default: enforce, choices: [enforce, warn, skip]}
       os: {description: A supported operating system., type: str, default: enforce, choices: [enforce, warn, skip]}
       python: {description: A recent enough Python., type: str, default: enforce, choices: [enforce, warn, skip]}
-      clock: {description: The clock is synchronised (TLS, tokens and logs depend on it)., type: str, default: warn, choices: [enforce, warn, skip]}
+      clock: {description: 'The clock is synchronised (TLS, tokens and logs depend on it).', type: str, default: warn, choices: [enforce, warn, skip]}
 attributes:
   check_mode:
     support: full
     description: Only reads; behaves the same in check mode.
   diff_mode:
     support: none
+    description: Reads only; there is nothing to diff.
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -116,9 +117,9 @@ checks:
   elements: dict
   contains:
     name: {description: Check name., type: str}
-    mode: {description: enforce, warn or skip., type: str}
-    status: {description: passed, failed or skipped., type: str}
-    message: {description: What was measured against what was needed, naming the host., type: str}
+    mode: {description: 'O(checks) mode of the check: C(enforce), C(warn) or C(skip).', type: str}
+    status: {description: 'C(passed), C(failed) or C(skipped).', type: str}
+    message: {description: 'What was measured against what was needed, naming the host.', type: str}
 vram:
   description: The per-GPU VRAM breakdown (weights, KV cache, need per GPU).
   returned: always

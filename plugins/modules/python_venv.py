@@ -102,7 +102,7 @@ notes:
   - Sources are part of the hash, so moving from an index to a wheelhouse builds a new venv.
   - The node's pip configuration (C(/etc/pip.conf)) still applies; options given here take precedence.
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

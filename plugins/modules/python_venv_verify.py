@@ -43,7 +43,7 @@ attributes:
     support: full
     description: Before lists the broken files per distribution, after lists none.
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -62,8 +62,9 @@ attributes:
     description: Reports whether a download is needed; downloads nothing.
   diff_mode:
     support: none
+    description: No diff; RV(files) and RV(pip_runs) say what was downloaded.
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

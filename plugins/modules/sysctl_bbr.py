@@ -124,7 +124,7 @@ attributes:
 notes:
   - The runtime status of each key is the kernel's answer, read back after writing, not an assumption.
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -167,9 +167,9 @@ keys:
   contains:
     desired: {description: Value the key should have (set or restored)., type: str}
     before: {description: Runtime value before the task; null when the key does not exist here., type: str}
-    after: {description: Runtime value after the task, read back from the kernel (check mode - the predicted value)., type: str}
-    scope: {description: C(per_netns), C(initial_netns_only) or C(unknown)., type: str}
-    runtime: {description: C(applied), C(already), C(would_apply) (check mode) or C(not_applicable)., type: str}
+    after: {description: 'Runtime value after the task, read back from the kernel (in check mode, the predicted value).', type: str}
+    scope: {description: 'C(per_netns), C(initial_netns_only) or C(unknown).', type: str}
+    runtime: {description: 'C(applied), C(already), C(would_apply) (check mode) or C(not_applicable).', type: str}
     reason: {description: Why the runtime value could not be set; only with C(not_applicable)., type: str}
 not_applicable:
   description: Keys whose runtime value could not be set here.

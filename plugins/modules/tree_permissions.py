@@ -47,7 +47,7 @@ attributes:
     support: full
     description: One line per changed entry, before and after.
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -33,15 +33,20 @@ import binascii
 import hashlib
 import json
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+try:  # a dependency of ansible-core, and declared in the collection's requirements.txt
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+except ImportError as exc:  # only a signature check needs it: say so then, not at import
+    CRYPTOGRAPHY_IMPORT_ERROR = exc
+else:
+    CRYPTOGRAPHY_IMPORT_ERROR = None
 
 BUNDLE_MEDIA_PREFIX = "application/vnd.dev.sigstore.bundle"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
-_CURVE_HASH = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512}
+_CURVE_HASH = {"secp256r1": "SHA256", "secp384r1": "SHA384", "secp521r1": "SHA512"}  # names in cryptography's hashes
 
 
 class SignatureError(Exception):
@@ -53,7 +58,14 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
 
 
+def _need_cryptography() -> None:
+    if CRYPTOGRAPHY_IMPORT_ERROR is not None:
+        raise SignatureError("checking a model signature needs the Python package cryptography in the Python that "
+                             "runs Ansible on the controller (pip install cryptography): %s" % CRYPTOGRAPHY_IMPORT_ERROR)
+
+
 def load_public_key(pem: bytes, where: str = "public key"):
+    _need_cryptography()
     try:
         key = serialization.load_pem_public_key(pem)
     except ValueError as exc:
@@ -81,6 +93,7 @@ def verify_bundle(bundle_bytes: bytes, key) -> dict:
 
     Returns {"model_name", "resources": {relpath: sha256 hex}, "ignore_paths": [...]}.
     """
+    _need_cryptography()
     try:
         bundle = json.loads(bundle_bytes.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -100,7 +113,7 @@ def verify_bundle(bundle_bytes: bytes, key) -> dict:
     payload = _b64(envelope.get("payload"), "DSSE payload")
     signatures = envelope.get("signatures") or []
     message = pae(PAYLOAD_TYPE, payload)
-    algorithm = ec.ECDSA(_CURVE_HASH[key.curve.name]())
+    algorithm = ec.ECDSA(getattr(hashes, _CURVE_HASH[key.curve.name])())
     for entry in signatures:
         try:
             key.verify(_b64(entry.get("sig"), "DSSE signature"), message, algorithm)
