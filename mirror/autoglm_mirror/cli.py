@@ -96,7 +96,7 @@ def serve(args: argparse.Namespace) -> int:
 def run_ingest(args: argparse.Namespace) -> int:
     try:
         result = ingest(args.data, args.repo, args.src, commit=args.commit, branches=args.ref, tags=args.tag,
-                        link=args.link, force=args.force, dry_run=args.dry_run)
+                        link=args.link, force=args.force, dry_run=args.dry_run, manifest=args.manifest)
     except (IngestError, StoreError, OSError) as err:
         print("ingest failed: %s" % err, file=sys.stderr)
         return 1
@@ -156,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--link", action="store_true",
                      help="accepted for old callers; files are always copied (a reflink where the filesystem can)")
     ing.add_argument("--force", action="store_true", help="replace an existing commit that has other content")
-    ing.add_argument("--dry-run", action="store_true", help="hash and report what would change, write nothing")
+    ing.add_argument("--manifest", metavar="FILE",
+                     help="the seed's verified manifest (SRC/.autoglm/manifest.json as model_fetch writes it): its files, "
+                          "hashes and commit are taken instead of hashing SRC")
+    ing.add_argument("--dry-run", action="store_true",
+                     help="report what would change (changed, existed, copy_bytes), write nothing")
     ing.set_defaults(func=run_ingest)
 
     ver = sub.add_parser("verify", help="check a snapshot's files against its index; repair them with --src")

@@ -27,6 +27,8 @@ import re
 import threading
 from typing import Any
 
+from ._stdlib import git_blob_sha1, is_inside
+
 LFS_MIN_SIZE = 10 * 1024 * 1024
 LFS_SUFFIXES = (
     ".7z", ".arrow", ".bin", ".bz2", ".ckpt", ".ftz", ".gguf", ".gz", ".h5", ".joblib", ".mlmodel", ".model",
@@ -48,10 +50,6 @@ def is_lfs(path: str, size: int) -> bool:
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
     return b"version https://git-lfs.github.com/spec/v1\noid sha256:%s\nsize %d\n" % (sha256.encode(), size)
-
-
-def git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def check_repo_id(repo_id: str) -> tuple[str, str]:
@@ -125,7 +123,7 @@ class Snapshot:
         """Open a file of this snapshot read-only; refuse anything whose real path leaves the snapshot."""
         full = os.path.join(self.root, *path.split("/"))
         real = os.path.realpath(full)
-        if not real.startswith(self.real_root + os.sep):
+        if real == self.real_root or not is_inside(real, self.real_root):
             raise PermissionError("%s resolves outside the snapshot" % path)
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
         st = os.fstat(fd)

@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Any
 
+from ._stdlib import atomic_write, fsync_dir, json_bytes
 from .store import COMMIT, StoreError, check_repo_id, check_repo_path
 
 CHUNK = 8 << 20
@@ -111,20 +112,7 @@ def read_cache(path: str) -> dict[str, dict[str, Any]]:
 
 
 def write_cache(path: str, files: dict[str, dict[str, Any]]) -> None:
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"format": 1, "files": files}, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def _sync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(path, json_bytes({"format": 1, "files": files}), durable=False)  # bookkeeping: rebuilt if lost
 
 
 def verify_snapshot(data: str, repo_id: str, commit: str, src: str | None = None, dry_run: bool = False,
@@ -199,7 +187,7 @@ def verify_snapshot(data: str, repo_id: str, commit: str, src: str | None = None
                 shutil.move(full, aside)  # a rename when the quarantine is on the same filesystem
                 result["quarantined"].append(aside)
             os.replace(tmp, full)
-            _sync_dir(os.path.dirname(full))
+            fsync_dir(full)
         finally:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
