@@ -10,7 +10,7 @@ import shutil
 import subprocess
 
 import pytest
-from support.units import GPU_8, render_many
+from support.units import GPU_8, SERVICE_UNIT, render_many
 
 MODEL = "/srv/models/autoglm/current"
 UNITS = {
@@ -20,8 +20,7 @@ UNITS = {
                              dict(GPU_8, inference_service_backend="vllm", inference_service_model_path=MODEL)),
     "autoglm-sglang.service": ("inference_service", "service.unit.j2",
                                dict(GPU_8, inference_service_backend="sglang", inference_service_model_path=MODEL)),
-    "autoglm-mirror.service": ("model_mirror", "autoglm-mirror.service.j2",
-                               {"model_mirror_ip_address_allow": ["10.0.0.0/8"]}),
+    "autoglm-mirror.service": ("model_mirror", SERVICE_UNIT, {"model_mirror_ip_address_allow": ["10.0.0.0/8"]}),
 }
 MAX_EXPOSURE = 2.0
 

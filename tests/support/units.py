@@ -3,16 +3,23 @@ localhost with the role's defaults and vars loaded, the facts the templates read
 and ansible.builtin.template writing each file. Shared by the unit injection and unit security tests.
 
     rc, output, text = render(tmp_path, "inference_service", "service.unit.j2", {"var": value})   # one file, -e
-    rc, output, texts = render_many(tmp_path, {"name": ("model_mirror", "autoglm-mirror.service.j2", {...})})
+    rc, output, texts = render_many(tmp_path, {"name": ("model_mirror", SERVICE_UNIT, {...})})
+
+A role whose unit the service_unit scaffold writes names the template SERVICE_UNIT: the scaffold's unit template is
+rendered with the variables the role's include_role task passes it (read from the role's tasks), the scaffold's
+defaults and vars loaded after the role's.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import yaml
+
 from support.playbook import REPO, run_local_playbook
 
 ROLES = REPO / "roles"
+SERVICE_UNIT = "service_unit"
 SYSTEMCTL = "systemd 252 (252.39-1~deb12u2)"
 # The facts the inference unit reads, as the role sets them on a CPU host; an 8-GPU H100 node
 # (tests/fixtures/nvidia-smi/h100-sxm-8gpu: 8 GPUs, TP defaults to the GPU count) overrides them with GPU_8.
@@ -39,15 +46,35 @@ def _vars_files(roles) -> str:
     return json.dumps(files)
 
 
+def service_unit_vars(role: str) -> dict:
+    """The vars of the role's include_role of autoglm.deploy.service_unit that writes the unit (no tasks_from, or
+    tasks_from: unit)."""
+    for path in sorted((ROLES / role / "tasks").glob("*.yml")):
+        for task in yaml.safe_load(path.read_text()) or []:
+            include = task.get("ansible.builtin.include_role") or {}
+            if include.get("name") == "autoglm.deploy.service_unit" and include.get("tasks_from", "unit") in ("unit", "main"):
+                return dict(task.get("vars") or {})
+    raise AssertionError("%s includes no autoglm.deploy.service_unit unit" % role)
+
+
+def _source(role: str, template: str) -> tuple:
+    """(template path, roles whose defaults and vars it reads, task vars) for render and render_many."""
+    if template == SERVICE_UNIT:
+        return ROLES / SERVICE_UNIT / "templates" / "unit.service.j2", [role, SERVICE_UNIT], service_unit_vars(role)
+    return ROLES / role / "templates" / template, [role], {}
+
+
 def render(tmp_path: Path, role: str, template: str, extra: dict) -> tuple:
     """(rc, output, text) of one template rendered with extra as extra vars (-e: above everything)."""
     playbook = tmp_path / "render.yml"
     out = tmp_path / "rendered"
-    playbook.write_text(_HEADER.format(vars_files=_vars_files([role]), systemctl=SYSTEMCTL)
+    src, roles, task_vars = _source(role, template)
+    playbook.write_text(_HEADER.format(vars_files=_vars_files(roles), systemctl=SYSTEMCTL)
                         + "    - name: Render the template\n"
                           "      ansible.builtin.template:\n"
                           "        src: %s\n        dest: \"%s\"\n        mode: \"0600\"\n"
-                        % (ROLES / role / "templates" / template, out))
+                          "      vars: %s\n"
+                        % (src, out, json.dumps(task_vars)))
     rc, _, output = run_local_playbook(playbook, tmp_path, extra_vars=(json.dumps(extra),))
     return rc, output, (out.read_text() if out.exists() else "")
 
@@ -55,13 +82,15 @@ def render(tmp_path: Path, role: str, template: str, extra: dict) -> tuple:
 def render_many(tmp_path: Path, renders: dict) -> tuple:
     """(rc, output, {name: text}) of {name: (role, template, task vars)} in one run; each is written to
     tmp_path/NAME (give unit names a .service suffix: systemd-analyze goes by it)."""
-    tasks = [{"name": "Render " + name,
-              "ansible.builtin.template": {"src": str(ROLES / role / "templates" / template),
-                                           "dest": str(tmp_path / name), "mode": "0644"},
-              "vars": variables}
-             for name, (role, template, variables) in renders.items()]
+    tasks, roles = [], []
+    for name, (role, template, variables) in renders.items():
+        src, used, task_vars = _source(role, template)
+        roles += used
+        tasks.append({"name": "Render " + name,
+                      "ansible.builtin.template": {"src": str(src), "dest": str(tmp_path / name), "mode": "0644"},
+                      "vars": dict(task_vars, **variables)})
     playbook = tmp_path / "render.yml"
-    header = _HEADER.format(vars_files=_vars_files(r[0] for r in renders.values()), systemctl=SYSTEMCTL)
+    header = _HEADER.format(vars_files=_vars_files(roles), systemctl=SYSTEMCTL)
     playbook.write_text(header + "".join("    - %s\n" % json.dumps(task) for task in tasks))
     rc, _, output = run_local_playbook(playbook, tmp_path)
     texts = {name: (tmp_path / name).read_text() for name in renders if (tmp_path / name).exists()}
