@@ -8,8 +8,8 @@ _hub_listing before anything is fetched. The HTTP itself (retries, ranges, crede
 _http_download's, which knows no hub: a hub is the Dialect the Client asks how errors and sizes read.
 Standard library only: this runs on target nodes.
 
-To add a hub: one class here (listing(), file_urls(), and whatever differs from Hub's defaults), its tests, and
-its name in model_fetch's DOCUMENTATION (the `source` choices).
+To add a hub: one class here (listing_url(), parse(), file_urls(), and whatever differs from Hub's defaults),
+its tests, and its name in model_fetch's DOCUMENTATION (the `source` choices).
 """
 from __future__ import annotations
 
@@ -62,6 +62,20 @@ class Hub(_http_download.Dialect):
 
     def listing(self, client, endpoint: str, rev: str, credential) -> tuple:
         """(commit, {path: {size, sha256, git_sha1}}) of rev from one endpoint: one metadata request."""
+        what = "listing %s@%s" % (self.repo_id, rev)
+        data, _headers = client.get_json(self.listing_url(endpoint, rev), what, credential=credential)
+        self.check_answer(data, what, endpoint)
+        return self.parse(data, "%s from %s" % (what, endpoint), rev)
+
+    def listing_url(self, endpoint: str, rev: str) -> str:
+        raise NotImplementedError
+
+    def check_answer(self, data, what: str, endpoint: str) -> None:
+        """Raise a DownloadError for an answer that is the hub's way of saying no (before it is parsed)."""
+
+    @staticmethod
+    def parse(data, where: str, rev: str) -> tuple:
+        """(commit, files) of a listing answer, every entry checked with _hub_listing (ListingError)."""
         raise NotImplementedError
 
     def file_urls(self, endpoints: list, path: str, commit: str) -> list:
@@ -93,11 +107,6 @@ class Hub(_http_download.Dialect):
         """The message in a JSON error body."""
         return data.get("error")
 
-    def _get_listing(self, client, endpoint: str, url: str, rev: str, credential) -> tuple:
-        what = "listing %s@%s" % (self.repo_id, rev)
-        data, _headers = client.get_json(url, what, credential=credential)
-        return data, what
-
 
 @register
 class HuggingFace(Hub):
@@ -107,10 +116,8 @@ class HuggingFace(Hub):
     default_revision = "main"
     commit_must_be_hex = True
 
-    def listing(self, client, endpoint: str, rev: str, credential) -> tuple:
-        url = "%s/api/models/%s/revision/%s?blobs=true" % (endpoint, self.repo_id, quote(rev, safe=""))
-        data, what = self._get_listing(client, endpoint, url, rev, credential)
-        return self.parse(data, "%s from %s" % (what, endpoint))
+    def listing_url(self, endpoint: str, rev: str) -> str:
+        return "%s/api/models/%s/revision/%s?blobs=true" % (endpoint, self.repo_id, quote(rev, safe=""))
 
     def file_urls(self, endpoints: list, path: str, commit: str) -> list:
         # Each segment percent-quoted, '/' kept: the resolve URL carries the repo path as it is.
@@ -121,7 +128,7 @@ class HuggingFace(Hub):
         return int(linked) if linked and linked.isdigit() else super().announced_size(headers)
 
     @staticmethod
-    def parse(data, where: str) -> tuple:
+    def parse(data, where: str, rev: str = "") -> tuple:
         """(commit, files) of a revision listing (/api/models/{id}/revision/{rev}?blobs=true)."""
         if not isinstance(data, dict) or not isinstance(data.get("siblings"), list):
             raise ListingError("%s: the answer has no siblings list (is it a Hugging Face endpoint?)" % where)
@@ -155,16 +162,17 @@ class ModelScope(Hub):
             return ""  # the hub's default branch (master on ModelScope)
         return super().listing_revision(params, revision)
 
-    def listing(self, client, endpoint: str, rev: str, credential) -> tuple:
-        url = "%s/api/v1/models/%s/repo/files?Revision=%s&Recursive=True" % (endpoint, self.repo_id, quote(rev, safe=""))
-        data, what = self._get_listing(client, endpoint, url, rev, credential)
+    def listing_url(self, endpoint: str, rev: str) -> str:
+        return "%s/api/v1/models/%s/repo/files?Revision=%s&Recursive=True" % (endpoint, self.repo_id, quote(rev, safe=""))
+
+    def check_answer(self, data, what: str, endpoint: str) -> None:
+        # ModelScope says no with 200 and {Code, Message} instead of a listing.
         listing = data.get("Data") if isinstance(data, dict) else None
         if not isinstance(listing, dict) or not isinstance(listing.get("Files"), list):
             message = data.get("Message") if isinstance(data, dict) else None
             if isinstance(message, str) and message:
                 raise _http_download.DownloadError("%s at %s: %s" % (what, endpoint, message[:300]),
                                                    "not_found" if data.get("Code") == 404 else "http")
-        return self.parse(data, "%s from %s" % (what, endpoint), rev)
 
     def file_urls(self, endpoints: list, path: str, commit: str) -> list:
         return [(e, "%s/api/v1/models/%s/repo?Revision=%s&FilePath=%s" % (e, self.repo_id, quote(commit, safe=""),

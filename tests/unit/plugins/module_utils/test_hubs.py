@@ -26,9 +26,11 @@ class ToyHub(_hubs.Hub):
     name = "toy"
     title = "a toy hub"
 
-    def listing(self, client, endpoint, rev, credential):
-        where = "listing %s@%s from %s" % (self.repo_id, rev, endpoint)
-        data, _headers = client.get_json("%s/%s/%s.json" % (endpoint, self.repo_id, rev), where, credential=credential)
+    def listing_url(self, endpoint, rev):
+        return "%s/%s/%s.json" % (endpoint, self.repo_id, rev)
+
+    @staticmethod
+    def parse(data, where, rev):
         files = {}
         for index, item in enumerate(data["files"]):
             at = "%s: files[%d]" % (where, index)
