@@ -421,11 +421,16 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(401, message, None if given else "RepoNotFound",
                             {"WWW-Authenticate": 'Bearer realm="autoglm-mirror"'})
 
-    def snapshot(self, repo_id: str, revision: str, ms: bool = False) -> Snapshot:
+    def repo(self, repo_id: str):
+        """The repository a request names, once the request may see it (404 when it does not exist)."""
         self.authorize(repo_id)
         repo = self.config.store.repo(repo_id)
         if not repo.exists():
             raise HttpError(404, "Repository %s not found" % repo_id, "RepoNotFound")
+        return repo
+
+    def snapshot(self, repo_id: str, revision: str, ms: bool = False) -> Snapshot:
+        repo = self.repo(repo_id)
         commit = None
         # ModelScope clients ask for master by default; a repo ingested with main only serves main for it.
         for rev in (MS_DEFAULT_REVISIONS if ms and revision in ("", "master") else (revision,)):
@@ -554,10 +559,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(200, out)
 
     def refs(self, repo_id: str) -> None:
-        self.authorize(repo_id)
-        repo = self.config.store.repo(repo_id)
-        if not repo.exists():
-            raise HttpError(404, "Repository %s not found" % repo_id, "RepoNotFound")
+        repo = self.repo(repo_id)
         refs = repo.refs()
         self.send_json(200, {
             "branches": [{"name": n, "ref": "refs/heads/" + n, "targetCommit": c} for n, c in sorted(refs["branches"].items())],
@@ -600,10 +602,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_file(snap, path)
 
     def ms_revisions(self, repo_id: str) -> None:
-        self.authorize(repo_id)
-        repo = self.config.store.repo(repo_id)
-        if not repo.exists():
-            raise HttpError(404, "Repository %s not found" % repo_id, "RepoNotFound")
+        repo = self.repo(repo_id)
         refs = repo.refs()
 
         def created_at(commit: str) -> int:

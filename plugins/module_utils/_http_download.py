@@ -886,11 +886,15 @@ class FileDownload:
                         raise
                     # EOPNOTSUPP/EINVAL: a filesystem without fallocate; writes will find out.
         except OSError as exc:
-            if _is_disk_full(exc):
-                raise DownloadError("disk full writing %s: %d more bytes are needed for this file (the part is kept "
-                                    "for resume)" % (self.part, self.size - done.total()), "disk",
-                                    needed_bytes=self.size - done.total()) from None
-            raise DownloadError("cannot write %s: %s" % (self.part, exc.strerror or exc), "disk") from None
+            raise self._write_error(exc, done, "the part is kept for resume") from None
+
+    def _write_error(self, exc: OSError, done: Intervals, kept: str) -> DownloadError:
+        """What a failed write of the part means: a full disk (with the bytes still needed), or another error."""
+        if _is_disk_full(exc):
+            needed = self.size - done.total()
+            return DownloadError("disk full writing %s: %d more bytes are needed for this file (%s)"
+                                 % (self.part, needed, kept), "disk", needed_bytes=needed)
+        return DownloadError("cannot write %s: %s" % (self.part, exc.strerror or exc), "disk")
 
     def _plan(self, done: Intervals) -> list[tuple[int, int]]:
         chunk = self.settings.chunk_size
@@ -1014,11 +1018,7 @@ class FileDownload:
                 try:
                     written = os.pwrite(fd, view[:n], pos)
                 except OSError as exc:
-                    if _is_disk_full(exc):
-                        raise DownloadError("disk full writing %s: %d more bytes are needed for this file (parts kept "
-                                            "for resume)" % (self.part, self.size - done.total()), "disk",
-                                            needed_bytes=self.size - done.total()) from None
-                    raise DownloadError("cannot write %s: %s" % (self.part, exc.strerror or exc), "disk") from None
+                    raise self._write_error(exc, done, "parts kept for resume") from None
                 if written != n:
                     raise DownloadError("short write to %s" % self.part, "disk")
                 hasher.written(pos, view[:n])
