@@ -127,7 +127,8 @@ def test_a_hubs_error_headers_make_its_messages(toy_hub, tmp_path):
 
 
 def test_the_source_choices_are_the_registry_and_the_documentation_says_so():
-    assert model_fetch.ARGUMENT_SPEC["source"]["choices"] == list(_hubs.HUBS) == ["huggingface", "modelscope", "url"]
+    assert model_fetch.ARGUMENT_SPEC["source"]["choices"] == list(_hubs.HUBS)
+    assert list(_hubs.HUBS)[:3] == ["huggingface", "modelscope", "url"] and model_fetch.ARGUMENT_SPEC["source"]["default"] in _hubs.HUBS
     documented = yaml.safe_load(model_fetch.DOCUMENTATION)["options"]["source"]["choices"]
     assert documented == list(_hubs.HUBS), "add the new hub's name to model_fetch's DOCUMENTATION (source choices)"
 
