@@ -444,7 +444,7 @@ class CallbackModule(CallbackBase):
         if address.startswith("/"):
             target = address
         else:
-            host, _, port = address.rpartition(":")
+            host, _sep, port = address.rpartition(":")
             if not host or not port.isdigit():
                 raise AnsibleError("audit_log: syslog_address %r is neither HOST:PORT nor a socket path" % address)
             target = (host.strip("[]"), int(port))

@@ -32,7 +32,7 @@ QUERY_FIELDS = [
     ("temperature.gpu", "temperature_c", "int"),
     ("driver_version", "driver_version", "str"),
 ]
-QUERY_ARG = "--query-gpu=" + ",".join(field for field, _, _ in QUERY_FIELDS)
+QUERY_ARG = "--query-gpu=" + ",".join(spec[0] for spec in QUERY_FIELDS)
 
 # nvidia-smi failure texts, most specific first, with the reason reported to the user.
 FAILURE_PATTERNS = [
@@ -87,7 +87,7 @@ def parse_query_gpu(csv_text: str) -> list:
         if len(cells) != len(QUERY_FIELDS):
             raise ValueError("unexpected nvidia-smi CSV row (%d columns, expected %d): %r"
                              % (len(cells), len(QUERY_FIELDS), line))
-        gpus.append({key: _convert(cell, kind) for (_, key, kind), cell in zip(QUERY_FIELDS, cells)})
+        gpus.append({key: _convert(cell, kind) for (_field, key, kind), cell in zip(QUERY_FIELDS, cells)})
     return gpus
 
 

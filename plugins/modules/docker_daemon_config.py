@@ -203,7 +203,7 @@ def parse(text: str, path: str) -> dict:
         if line:
             lines = text.splitlines()
             if 0 < line <= len(lines):
-                shown = " (line %d reads: %s)" % (line, lines[line - 1].strip()[:120])
+                shown = " (line %s reads: %s)" % (line, lines[line - 1].strip()[:120])
         raise DaemonConfigError(
             "%s is not valid JSON: %s%s. Docker cannot read it either. Nothing was written and the file was "
             "left as it is: fix the syntax (or move the file away) and run again." % (path, exc, shown)) from None

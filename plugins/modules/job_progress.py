@@ -139,7 +139,7 @@ def installed(venv: str | None) -> set:
     if not venv:
         return found
     for record in glob.glob(os.path.join(venv, "lib", "python*", "site-packages", "*.dist-info", "RECORD")):
-        name, _, version = os.path.basename(os.path.dirname(record))[:-len(".dist-info")].partition("-")
+        name, _sep, version = os.path.basename(os.path.dirname(record))[:-len(".dist-info")].partition("-")
         found.add((canonical(name), version))
     return found
 

@@ -139,7 +139,7 @@ class DriverInfo:
         rc, out, _err = self.module.run_command(args, environ_update={"LC_ALL": "C", "LANG": "C"})
         if rc != 0:
             return None  # not installed: both tools exit non-zero
-        status, _, version = out.strip().partition("|")
+        status, _sep, version = out.strip().partition("|")
         return version if status.strip() in ("ii", "hi") and version else None
 
     def _loaded(self):

@@ -252,7 +252,7 @@ class Preflight:
     def check_clock(self):
         timedatectl = self.module.get_bin_path("timedatectl")
         if timedatectl:
-            rc, out, _ = self.module.run_command([timedatectl, "show", "-p", "NTPSynchronized", "--value"],
+            rc, out, _err = self.module.run_command([timedatectl, "show", "-p", "NTPSynchronized", "--value"],
                                                  environ_update={"LC_ALL": "C"})
             if rc == 0 and out.strip() in ("yes", "no"):
                 synced = out.strip() == "yes"
@@ -260,7 +260,7 @@ class Preflight:
                     self.host, "synchronised" if synced else "NOT synchronised", out.strip())
         chronyc = self.module.get_bin_path("chronyc")
         if chronyc:
-            rc, out, _ = self.module.run_command([chronyc, "-n", "tracking"], environ_update={"LC_ALL": "C"})
+            rc, out, _err = self.module.run_command([chronyc, "-n", "tracking"], environ_update={"LC_ALL": "C"})
             synced = rc == 0 and "Normal" in out
             return synced, "%s: clock %s (chronyc tracking)" % (self.host, "synchronised" if synced else "NOT synchronised")
         return False, "%s: cannot tell whether the clock is synchronised (no timedatectl answer, no chronyc)" % self.host

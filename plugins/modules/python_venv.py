@@ -291,7 +291,7 @@ class VenvManager:
         for site in glob.glob(os.path.join(venv, "lib", "python*", "site-packages")):
             for entry in os.listdir(site):
                 if entry.endswith(".dist-info"):
-                    name, _, version = entry[:-len(".dist-info")].partition("-")
+                    name, _sep, version = entry[:-len(".dist-info")].partition("-")
                     on_disk[normalize(name)] = version
         return sorted("%s==%s" % (name, version) for name, version in marker.get("versions", {}).items()
                       if on_disk.get(name) != version)
@@ -448,7 +448,7 @@ class VenvManager:
                     venvs.append((marker.get("built_at") or 0, entry))
         venvs.sort(reverse=True)
         removed = []
-        for _, entry in venvs[max(self.params["keep"] - 1, 0):]:
+        for _built_at, entry in venvs[max(self.params["keep"] - 1, 0):]:
             shutil.rmtree(os.path.join(self.path, entry), ignore_errors=True)
             removed.append(os.path.join(self.path, entry))
         return removed
@@ -542,8 +542,8 @@ def main():
         manager.switch(name)
         result["pruned"] = manager.prune(name)
     except BuildError as exc:
-        fail = dict(result, changed=False, built=False, switched=False, pip_runs=manager.pip_runs,
-                    output=exc.output[-4000:])
+        fail = dict(result)
+        fail.update(changed=False, built=False, switched=False, pip_runs=manager.pip_runs, output=exc.output[-4000:])
         fail.pop("diff", None)
         if exc.package:
             fail["package"] = exc.package

@@ -120,7 +120,7 @@ def _metadata(dist_info: str) -> tuple:
             for line in handle:
                 if not line.strip():
                     break
-                key, _, value = line.partition(":")
+                key, _sep, value = line.partition(":")
                 if key == "Name":
                     name = value.strip()
                 elif key == "Version":
@@ -129,7 +129,7 @@ def _metadata(dist_info: str) -> tuple:
         pass
     if not name or not version:
         base = os.path.basename(dist_info)[:-len(".dist-info")]
-        name, _, version = base.partition("-")
+        name, _sep, version = base.partition("-")
     return name, version
 
 
@@ -179,7 +179,7 @@ class RecordChecker:
                 path = os.path.normpath(rel if os.path.isabs(rel) else os.path.join(site, rel))
                 if path == record:
                     continue
-                algo, _, value = digest.partition("=")
+                algo, _sep, value = digest.partition("=")
                 rows.append((path, value if algo == "sha256" else "", int(size) if size.isdigit() else None))
         return rows
 
@@ -286,9 +286,10 @@ def main():
             ", ".join(pins), venv, _pip.diagnose_install(output, urls, sources, target)), output=output[-4000:], **result)
     still = checker.run(only=set(pins))
     if still:
+        result["broken"] = still
         module.fail_json(msg="%s still has broken files after reinstalling %s: %s" % (
             venv, ", ".join(sorted(still)), "; ".join(problem for pin in sorted(still) for problem in still[pin][:3])),
-            **dict(result, broken=still))
+            **result)
     module.exit_json(**result)
 
 

@@ -162,7 +162,7 @@ def prune(path: str, active: str, keep: int) -> list:
             sets.append((manifest.get("created_at") or 0, entry))
     sets.sort(reverse=True)
     removed = []
-    for _, entry in sets[keep - 1:]:
+    for _created_at, entry in sets[keep - 1:]:
         shutil.rmtree(os.path.join(path, entry), ignore_errors=True)
         removed.append(os.path.join(path, entry))
     return removed
@@ -249,7 +249,8 @@ def main():
             target = "Python %s on %s" % (target_version, ", ".join(target_platforms))
             missing = re.findall(r"No matching distribution found for ([^\s;]+)", output)
             down = _pip.probe_indexes(open_url, urls, p["cert"], p["timeout"]) if urls else []
-            fail = dict(result, changed=False, output=output[-4000:])
+            fail = dict(result)
+            fail.update(changed=False, output=output[-4000:])
             if missing:
                 fail["package"] = _pip.requirement_name(missing[-1])
             module.fail_json(msg="building the wheelhouse %s failed: %s" % (
