@@ -6,7 +6,7 @@ DOCUMENTATION = r"""
 ---
 module: service_health
 short_description: One poll of a systemd service - its unit's state and its HTTP health answer
-version_added: "0.3.0"
+version_added: "0.1.0"
 description:
   - Reads the unit's C(ActiveState), C(SubState), C(Result) and C(NRestarts) (C(systemctl show)), then, while the
     unit is running, asks O(url) once. Meant for C(until) (see the example) - the service_unit role's health wait.

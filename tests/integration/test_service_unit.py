@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,11 +18,7 @@ import yaml
 from support.fake_systemd import FakeSystemd
 from support.playbook import REPO, run_local_playbook
 
-ROLE = """
-- name: Write the unit
-  ansible.builtin.include_role:
-    name: autoglm.deploy.service_unit
-  vars:
+VARS = """
     service_unit_name: demo
     service_unit_description: Demo service
     service_unit_user: nobody
@@ -39,14 +36,39 @@ ROLE = """
     service_unit_health_interval: 1
     service_unit_failure_hint: Look at the demo's port.
 """
+ROLE = """
+- name: Write the unit, start and wait
+  ansible.builtin.include_role:
+    name: autoglm.deploy.service_unit
+  vars:""" + VARS
+# As a parent that changes something between the unit and the start (inference_service's drop-ins) includes it:
+# the role's handlers are loaded twice, systemd must still be reloaded once.
+ROLE_SPLIT = """
+- name: Unit, then start
+  vars:""" + VARS.replace("\n    ", "\n      ") + """
+  block:
+    - name: Write the unit
+      ansible.builtin.include_role:
+        name: autoglm.deploy.service_unit
+        tasks_from: unit
+    - name: Something between them that needs a reload too
+      ansible.builtin.debug:
+        msg: drop-ins
+      changed_when: demo_dropins | default(false)
+      notify: service_unit daemon-reload
+    - name: Start and wait
+      ansible.builtin.include_role:
+        name: autoglm.deploy.service_unit
+        tasks_from: start
+"""
 
 
 @pytest.fixture
-def scaffold(tmp_path, monkeypatch):
+def scaffold(request, tmp_path, monkeypatch):
     systemd = FakeSystemd(tmp_path)
-    monkeypatch.setenv("PATH", "%s:%s" % (systemd.bin, __import__("os").environ["PATH"]))
+    monkeypatch.setenv("PATH", "%s:%s" % (systemd.bin, os.environ["PATH"]))
     (tmp_path / "roles" / "demo" / "tasks").mkdir(parents=True)
-    (tmp_path / "roles" / "demo" / "tasks" / "main.yml").write_text(ROLE)
+    (tmp_path / "roles" / "demo" / "tasks" / "main.yml").write_text(ROLE_SPLIT if getattr(request, "param", "") == "split" else ROLE)
     unit = tmp_path / "demo.service"
     playbook = tmp_path / "play.yml"
     playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [demo]\n")
@@ -74,7 +96,8 @@ def test_unit_is_written_on_the_baseline_with_the_services_overrides(scaffold):
     assert "CapabilityBoundingSet=" in lines and "ProtectSystem=strict" in lines and "IPAddressDeny" not in text
 
 
-def test_systemd_reloads_only_when_the_unit_changed_and_restarts_only_for_a_reason(scaffold):
+@pytest.mark.parametrize("scaffold", ["main", "split"], indirect=True)
+def test_systemd_reloads_only_when_the_unit_changed_and_restarts_only_for_a_reason(scaffold, request):
     systemd, unit, run = scaffold
     rc, output = run()
     assert rc == 0, output
@@ -94,6 +117,10 @@ def test_systemd_reloads_only_when_the_unit_changed_and_restarts_only_for_a_reas
     changed = systemd.calls()
     assert changed.count(["daemon-reload"]) == 1 and ["restart", "demo"] in changed
     assert changed.index(["daemon-reload"]) < changed.index(["restart", "demo"])
+    if "split" in request.node.name:  # a drop-in the parent removed notifies the same handler
+        rc, output = run(demo_dropins=True)
+        assert rc == 0, output
+        assert systemd.calls().count(["daemon-reload"]) == 1
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
