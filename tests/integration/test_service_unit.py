@@ -61,6 +61,20 @@ ROLE_SPLIT = """
         name: autoglm.deploy.service_unit
         tasks_from: start
 """
+# Another service's unit written just before this service's start (a host running two services).
+ROLE_OTHER = """
+- name: Another service's unit
+  ansible.builtin.include_role:
+    name: autoglm.deploy.service_unit
+    tasks_from: unit
+  vars:""" + VARS.replace("service_unit_name: demo", "service_unit_name: other") + """
+- name: This service's start
+  ansible.builtin.include_role:
+    name: autoglm.deploy.service_unit
+    tasks_from: start
+  vars:
+    service_unit_name: demo
+"""
 
 
 @pytest.fixture
@@ -69,13 +83,16 @@ def scaffold(request, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "%s:%s" % (systemd.bin, os.environ["PATH"]))
     (tmp_path / "roles" / "demo" / "tasks").mkdir(parents=True)
     (tmp_path / "roles" / "demo" / "tasks" / "main.yml").write_text(ROLE_SPLIT if getattr(request, "param", "") == "split" else ROLE)
+    (tmp_path / "roles" / "demo" / "tasks" / "other.yml").write_text(ROLE_OTHER)
     unit = tmp_path / "demo.service"
     playbook = tmp_path / "play.yml"
     playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [demo]\n")
+    (tmp_path / "other.yml").write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+                                        "    - {name: Other, ansible.builtin.include_role: {name: demo, tasks_from: other}}\n")
 
-    def run(**extra):
-        variables = dict({"_service_unit_path": str(unit)}, **extra)
-        rc, _report, output = run_local_playbook(playbook, tmp_path, extra_vars=(json.dumps(variables),))
+    def run(play=playbook, **extra):
+        variables = dict({"_service_unit_dir": str(tmp_path)}, **extra)
+        rc, _report, output = run_local_playbook(play, tmp_path, extra_vars=(json.dumps(variables),))
         return rc, output
 
     return systemd, unit, run
@@ -121,6 +138,17 @@ def test_systemd_reloads_only_when_the_unit_changed_and_restarts_only_for_a_reas
         rc, output = run(demo_dropins=True)
         assert rc == 0, output
         assert systemd.calls().count(["daemon-reload"]) == 1
+
+
+def test_another_services_new_unit_does_not_restart_this_one(scaffold, tmp_path):
+    systemd, _unit, run = scaffold
+    rc, output = run()
+    assert rc == 0, output
+    systemd.calls()
+    rc, output = run(play=tmp_path / "other.yml")
+    assert rc == 0 and (tmp_path / "other.service").exists(), output
+    calls = systemd.calls()
+    assert ["daemon-reload"] in calls and ["restart", "demo"] not in calls, calls
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
