@@ -58,3 +58,29 @@ def test_preflight_alone_sizes_as_the_service_defaults_would(tmp_path):
     # No inference_service values: upstream's context, every GPU of the node (as the service's TP), vLLM's 0.9.
     messages = preflight_messages(tmp_path, {})
     assert "for 25480 tokens, over TP 8" in messages and "at 90% utilisation" in messages, messages
+
+
+def test_a_key_for_an_engine_that_reads_none_from_its_environment_is_refused(tmp_path):
+    # SGLang's descriptor names no API key variable (it reads --api-key only): the key is refused, never put in argv.
+    rc, report, output = run_role(tmp_path, "inference_service", {"inference_service_backend": "sglang",
+                                                                  "inference_service_api_key": "k"}, check=True)
+    assert rc != 0, output
+    failed = failed_tasks(report)
+    assert failed and "Refuse an API key" in failed[0]["task"]["name"], output
+    assert "sglang takes its API key only on the command line" in json.dumps(failed[0]["hosts"])
+    assert "transformers, vllm" in json.dumps(failed[0]["hosts"])
+
+
+def test_an_unknown_engine_is_refused_naming_the_known_ones(tmp_path):
+    rc, _report, output = run_role(tmp_path, "inference_service", {"autoglm_backend": "tgi",
+                                                                   "inference_service_api_key": "k"}, check=True)
+    assert rc != 0 and "unknown inference engine 'tgi'" in output and "sglang, transformers, vllm" in output, output
+
+
+def test_preflight_follows_the_contract_backend(tmp_path):
+    # The engine comes from autoglm_backend, the memory fraction from that engine's own option (vLLM's here).
+    messages = preflight_messages(tmp_path, {"autoglm_backend": "vllm", "inference_service_vllm_gpu_memory_utilization": 0.7})
+    assert "at 70% utilisation" in messages, messages
+    # SGLang has no such option in the role: its descriptor's default, whatever vLLM's variable says.
+    messages = preflight_messages(tmp_path, {"autoglm_backend": "sglang", "inference_service_vllm_gpu_memory_utilization": 0.7})
+    assert "at 90% utilisation" in messages, messages

@@ -201,6 +201,17 @@ def test_environment_file_reads_back_exactly(tmp_path):
     assert env["HOME"] == "/var/lib/autoglm-inference" and env["HF_HUB_OFFLINE"] == "1"
 
 
+@pytest.mark.parametrize(("backend", "key_env"), [("vllm", "VLLM_API_KEY"), ("transformers", "AUTOGLM_SERVE_API_KEY"),
+                                                  ("sglang", None)])
+def test_the_api_key_goes_to_the_variable_the_engine_reads(tmp_path, backend, key_env):
+    # From the engine's descriptor; SGLang reads none (the role refuses a key for it before the template runs).
+    rc, output, text = render(tmp_path, "inference_service", "service.env.j2",
+                              {"inference_service_backend": backend, "inference_service_api_key": "k3y"})
+    assert rc == 0, output
+    keys = {k: v for k, v in parse_env_file(text).items() if v == "k3y"}
+    assert keys == ({key_env: "k3y"} if key_env else {}), keys
+
+
 def test_mirror_token_reads_back_exactly(tmp_path):
     token = ' "S3cret\\$tok`en" '
     rc, output, text = render(tmp_path, "model_mirror", "mirror.env.j2", {"model_mirror_token": token})
