@@ -32,7 +32,7 @@ def _run_module(name: str, args: dict, check_mode: bool = False, diff: bool = Fa
     proc = subprocess.run(
         [sys.executable, str(REPO / "plugins" / "modules" / (name + ".py")), str(args_file)],
         capture_output=True, text=True, timeout=timeout,
-        env=dict(os.environ, PYTHONPATH=str(COLLECTIONS), **(env or {})),
+        env=dict(os.environ, PYTHONPATH=str(COLLECTIONS), **(env or {})), check=False,
     )
     try:
         result = json.loads(proc.stdout)

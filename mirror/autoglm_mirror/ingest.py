@@ -190,7 +190,7 @@ def _publish(snapshots: str, commit: str, staging: str, files: list[dict[str, An
     os.rename(staging, snap_dir)
     # The identities of the files just hashed: the server trusts them without hashing them again.
     write_cache(cache_path(snapshots, commit), {f["path"]: {"key": file_key(os.lstat(os.path.join(snap_dir, *f["path"].split("/")))),
-                                                           "sha256": f["sha256"]} for f in files if f["path"] in hashed})
+                                                            "sha256": f["sha256"]} for f in files if f["path"] in hashed})
     created = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
     atomic_write(index_path, json_bytes({"format": 1, "repo": repo_id, "commit": commit, "created": created, "files": files}))
 

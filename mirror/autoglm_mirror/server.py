@@ -623,7 +623,7 @@ class Handler(BaseHTTPRequestHandler):
         snap = self.snapshot(repo_id, "", ms=True)
         org, name = repo_id.split("/")
         self.send_json(200, {"Code": 200, "Data": {"Path": org, "Name": name, "ModelId": repo_id, "Revision": snap.commit,
-                                                    "Id": snap.commit[:12]}, "Message": "success", "Success": True})
+                                                   "Id": snap.commit[:12]}, "Message": "success", "Success": True})
 
     # ---- the fleet's wheelhouse (public: no token) ------------------------------------------------
     def wheels(self, rest: list[str]) -> None:
@@ -650,7 +650,7 @@ class Handler(BaseHTTPRequestHandler):
                 continue
             href = href.split("/", 1)[1] if folder else href
             lines.append('<a href="%s#sha256=%s">%s</a><br>' % (html.escape(quote(href), quote=True), digest,
-                                                                 html.escape(href.rsplit("/", 1)[-1])))
+                                                                html.escape(href.rsplit("/", 1)[-1])))
         lines.append("</body></html>\n")
         body = "\n".join(lines).encode()
         self._send_headers(200, {"Content-Type": "text/html; charset=utf-8", "Content-Length": len(body),

@@ -253,7 +253,7 @@ class Preflight:
         timedatectl = self.module.get_bin_path("timedatectl")
         if timedatectl:
             rc, out, _err = self.module.run_command([timedatectl, "show", "-p", "NTPSynchronized", "--value"],
-                                                 environ_update={"LC_ALL": "C"})
+                                                    environ_update={"LC_ALL": "C"})
             if rc == 0 and out.strip() in ("yes", "no"):
                 synced = out.strip() == "yes"
                 return synced, "%s: clock %s (timedatectl NTPSynchronized=%s)" % (

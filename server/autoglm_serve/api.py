@@ -476,7 +476,7 @@ class Handler(BaseHTTPRequestHandler):
     def _client_gone(self) -> bool:
         """Whether the client closed its side (EOF or reset) while it waits for an answer."""
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
+            readable, _unused, _unused = select.select([self.connection], [], [], 0)
             return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
@@ -664,4 +664,3 @@ class Handler(BaseHTTPRequestHandler):
             LOG.info("%s stream ended early: %s", self.address_string(), exc or type(exc).__name__)
         finally:
             self._count(status)
-

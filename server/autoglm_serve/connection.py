@@ -110,7 +110,7 @@ class Linger:
                 sock.setblocking(False)
                 self._selector.register(sock, selectors.EVENT_READ)
                 budget[sock] = [time.monotonic() + self.seconds, self.max_bytes]
-            for key, _ in self._selector.select(timeout=0.1) if budget else ():
+            for key, _unused in self._selector.select(timeout=0.1) if budget else ():
                 sock = key.fileobj
                 try:
                     data = sock.recv(65536)
@@ -123,7 +123,7 @@ class Linger:
                     del budget[sock]
                     self._forget(sock)
             now = time.monotonic()
-            for sock in [s for s, (deadline, _) in budget.items() if deadline <= now]:
+            for sock in [s for s, (deadline, _unused) in budget.items() if deadline <= now]:
                 del budget[sock]
                 self._forget(sock)
             if not budget:

@@ -85,7 +85,7 @@ def _pillow() -> Any:
 
 def _data_url(ref: ImageRef) -> bytes:
     head, comma, payload = ref.url.partition(",")
-    media_type, _, encoding = head[len("data:"):].partition(";")
+    media_type, _unused, encoding = head[len("data:"):].partition(";")
     if not comma or encoding.lower() != "base64" or media_type.lower() not in DATA_TYPES:
         raise MediaError("%s: a data: URL must be data:image/png|jpeg|webp;base64,..." % ref.param, ref.param,
                          "invalid_image_url")

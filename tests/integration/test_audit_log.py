@@ -65,7 +65,7 @@ PLAYBOOK = """
 
 def verify(log: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(VERIFIER), "verify", str(log), *extra], capture_output=True, text=True,
-                          env=dict(os.environ, AUTOGLM_AUDIT_KEY=KEY), timeout=60)
+                          env=dict(os.environ, AUTOGLM_AUDIT_KEY=KEY), timeout=60, check=False)
 
 
 def play(tmp_path: Path, extra_vars: tuple = ()) -> tuple:
@@ -87,7 +87,7 @@ def audited(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("AUTOGLM_AUDIT_KEY", KEY)
         env.setenv("AUTOGLM_AUDIT_SYSLOG_ADDRESS", "127.0.0.1:%d" % receiver.getsockname()[1])
-        rc, _, output = play(work, ("ansible_host=127.0.0.1", "ansible_user=deployer"))
+        rc, _unused, output = play(work, ("ansible_host=127.0.0.1", "ansible_user=deployer"))
     assert rc == 0, output
     datagrams = []
     lines = log.read_text().splitlines()
@@ -109,12 +109,12 @@ def test_log_is_private_and_a_wider_mode_is_tightened(audited):
 
 
 def test_new_log_and_generated_key_are_0600(tmp_path):
-    rc, _, output = play(tmp_path)
+    rc, _unused, output = play(tmp_path)
     assert rc == 0, output
     log, key = tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.key"
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and "generated %s" % key in output
-    proc = subprocess.run([sys.executable, str(VERIFIER), "verify", str(log)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(VERIFIER), "verify", str(log)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -124,7 +124,7 @@ def test_world_writable_folder_is_refused(tmp_path):
     shared.chmod(0o777)
     playbook = tmp_path / "audit-probe.yml"
     playbook.write_text(PLAYBOOK)
-    rc, _, output = run_local_playbook(playbook, shared, extra_vars=("work=%s" % tmp_path,))  # log: shared/audit.jsonl
+    rc, _unused, output = run_local_playbook(playbook, shared, extra_vars=("work=%s" % tmp_path,))  # log: shared/audit.jsonl
     assert rc == 0, output
     assert not (shared / "audit.jsonl").exists()
     assert "writable by everyone" in output
@@ -174,7 +174,7 @@ def test_syslog_receives_the_same_lines(audited):
     # <134> is facility local0 (16) at info (6); the failure goes at warning (4): <132>.
     assert len(audited["datagrams"]) == len(audited["lines"])
     for line, datagram in zip(audited["lines"], audited["datagrams"]):
-        priority, _, body = datagram.partition(">")
+        priority, _unused, body = datagram.partition(">")
         assert body.rstrip("\x00") == "autoglm-audit: " + line
         expected = 132 if json.loads(line).get("result") == "failed" else 134
         assert priority == "<%d" % expected
@@ -231,7 +231,7 @@ def test_verify_reports_the_first_bad_line(audited, tmp_path, tamper):
 
 def test_verify_with_the_wrong_key_fails_on_line_one(audited):
     proc = subprocess.run([sys.executable, str(VERIFIER), "verify", str(audited["log"])], capture_output=True, text=True,
-                          env=dict(os.environ, AUTOGLM_AUDIT_KEY="another-key-0123456789"))
+                          env=dict(os.environ, AUTOGLM_AUDIT_KEY="another-key-0123456789"), check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("%s:1: MAC mismatch" % audited["log"])
 
 
@@ -243,9 +243,9 @@ def test_concurrent_runs_keep_one_chain(tmp_path):
     command = ["ansible-playbook", "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=" + sys.executable,
                "-e", "work=%s" % tmp_path, str(playbook)]
     runs = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for _ in range(3)]
+            for _unused in range(3)]
     for run in runs:
-        output, _ = run.communicate(timeout=300)
+        output, _unused = run.communicate(timeout=300)
         assert run.returncode == 0, output
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert len({record["run_id"] for record in records}) == 3
@@ -267,7 +267,7 @@ def test_vaulted_values_are_cut_from_names_whatever_the_variable_is_called(tmp_p
                         % encrypted.strip().replace("\n", "\n    "))
     monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", str(password))
     monkeypatch.setenv("AUTOGLM_AUDIT_KEY", KEY)
-    rc, _, output = run_local_playbook(playbook, tmp_path)
+    rc, _unused, output = run_local_playbook(playbook, tmp_path)
     assert rc == 0, output
     text = (tmp_path / "audit.jsonl").read_text()
     assert plaintext not in text and "Connect with <redacted>" in text

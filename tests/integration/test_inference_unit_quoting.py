@@ -71,7 +71,7 @@ def units(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("units")
     playbook = tmp / "render.yml"
     playbook.write_text(PLAYBOOK.format(role=ROLE, out=tmp))
-    rc, _, output = run_local_playbook(playbook, tmp, extra_vars=(json.dumps({"cases": CASES}),))
+    rc, _unused, output = run_local_playbook(playbook, tmp, extra_vars=(json.dumps({"cases": CASES}),))
     assert rc == 0, output
     return {name: (tmp / (name + ".service")).read_text() for name in CASES}
 

@@ -40,7 +40,7 @@ def read_until_closed(url: str, path: str) -> tuple[int, int, bytes]:
             head, sep, body = data.partition(b"\r\n\r\n")
             if sep and len(body) >= content_length(head):
                 break
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _unused, body = data.partition(b"\r\n\r\n")
     return content_length(head), len(body), body
 
 
@@ -51,8 +51,8 @@ def content_length(head: bytes) -> int:
 @pytest.mark.parametrize(("status", "retry_after"), [(503, "7"), (429, "7"), (500, None)])
 def test_fail_first_k_requests_then_serve(mirror_factory, status, retry_after):
     server = mirror_factory(fail_first=2, fail_status=status, retry_after=7)
-    for _ in range(2):
-        resp, _ = get(server.url, SHARD_PATH)
+    for _unused in range(2):
+        resp, _unused = get(server.url, SHARD_PATH)
         assert resp.status == status and resp.getheader("Retry-After") == retry_after
     assert get(server.url, SHARD_PATH)[0].status == 200
     # The API endpoints are not counted (default --fail-scope files): the client can still list.
@@ -68,7 +68,7 @@ def test_fail_scope_all_also_fails_the_api(mirror_factory):
 def test_drop_after_n_bytes_cuts_the_first_response_only(mirror_factory, tiny_model_dir):
     server = mirror_factory(drop_after=100_000, drop_times=1)
     size = (tiny_model_dir / SHARD).stat().st_size
-    declared, received, _ = read_until_closed(server.url, SHARD_PATH)
+    declared, received, _unused = read_until_closed(server.url, SHARD_PATH)
     assert declared == size and received == 100_000
     declared, received, body = read_until_closed(server.url, SHARD_PATH)
     assert received == size and body == (tiny_model_dir / SHARD).read_bytes()
@@ -76,7 +76,7 @@ def test_drop_after_n_bytes_cuts_the_first_response_only(mirror_factory, tiny_mo
 
 def test_drop_after_applies_only_to_fault_path_matches(mirror_factory, tiny_model_dir):
     server = mirror_factory(drop_after=10, fault_path="*.safetensors")
-    declared, received, _ = read_until_closed(server.url, CONFIG_PATH)
+    declared, received, _unused = read_until_closed(server.url, CONFIG_PATH)
     assert received == declared == (tiny_model_dir / "config.json").stat().st_size
     assert read_until_closed(server.url, SHARD_PATH)[1] == 10
 
@@ -84,7 +84,7 @@ def test_drop_after_applies_only_to_fault_path_matches(mirror_factory, tiny_mode
 def test_corrupt_path_flips_bytes_for_matching_files(mirror_factory, tiny_model_dir):
     server = mirror_factory(corrupt_path="*.safetensors", corrupt_times=1)
     good = (tiny_model_dir / SHARD).read_bytes()
-    _, bad = get(server.url, SHARD_PATH)
+    _unused, bad = get(server.url, SHARD_PATH)
     assert len(bad) == len(good) and bad != good
     assert sum(a != b for a, b in zip(bad[:4096], good[:4096])) == 1
     assert hashlib.sha256(get(server.url, SHARD_PATH)[1]).digest() == hashlib.sha256(good).digest()

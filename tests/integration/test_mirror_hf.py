@@ -23,7 +23,7 @@ def hf_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
 def run_client(tmp_path: Path, endpoint: str, code: str) -> subprocess.CompletedProcess:
     """Run huggingface_hub in a fresh interpreter: its settings are read from the environment at import."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env=hf_env(tmp_path, endpoint), cwd=tmp_path)
+                          env=hf_env(tmp_path, endpoint), cwd=tmp_path, check=False)
 
 
 def request(url: str, method: str = "GET", path: str = "/", headers: dict | None = None, body: bytes | None = None):
@@ -53,7 +53,7 @@ def test_snapshot_download_gets_every_file_with_matching_hashes_and_transformers
     local = tmp_path / "model"
     got = sorted(p.name for p in local.iterdir() if p.is_file())
     assert got == sorted(p.name for p in tiny_model_dir.iterdir())
-    _, body = request(mirror.url, path="/api/models/%s/tree/main?recursive=true" % TINY_REPO)
+    _unused, body = request(mirror.url, path="/api/models/%s/tree/main?recursive=true" % TINY_REPO)
     tree = {e["path"]: e for e in json.loads(body)}
     for name in got:
         entry = tree[name]
@@ -124,7 +124,7 @@ def test_resolve_headers_carry_commit_etag_and_size(mirror, tiny_model_dir):
     assert resp.getheader("ETag") == resp.getheader("X-Linked-Etag") == '"%s"' % sha256(tiny_model_dir / shard)
     assert int(resp.getheader("X-Linked-Size")) == int(resp.getheader("Content-Length")) == size
     assert resp.getheader("Accept-Ranges") == "bytes"
-    resp, _ = request(mirror.url, "HEAD", "/%s/resolve/main/config.json" % TINY_REPO)
+    resp, _unused = request(mirror.url, "HEAD", "/%s/resolve/main/config.json" % TINY_REPO)
     assert resp.getheader("ETag") == '"%s"' % git_sha1(tiny_model_dir / "config.json")
 
 
@@ -149,7 +149,7 @@ def test_range_requests_answer_206_with_content_range(mirror, tiny_model_dir, he
 def test_unsatisfiable_range_is_416_and_multi_range_gets_the_whole_file(mirror, tiny_model_dir):
     size = (tiny_model_dir / "config.json").stat().st_size
     path = "/%s/resolve/main/config.json" % TINY_REPO
-    resp, _ = request(mirror.url, path=path, headers={"Range": "bytes=%d-" % size})
+    resp, _unused = request(mirror.url, path=path, headers={"Range": "bytes=%d-" % size})
     assert resp.status == 416 and resp.getheader("Content-Range") == "bytes */%d" % size
     resp, body = request(mirror.url, path=path, headers={"Range": "bytes=0-1,5-6"})
     assert resp.status == 200 and body == (tiny_model_dir / "config.json").read_bytes()
@@ -184,9 +184,9 @@ def test_missing_things_are_404_with_hub_error_codes(mirror, path, code):
 def test_protected_repo_needs_the_bearer_token_and_no_token_reaches_the_log(mirror, tmp_path):
     path = "/%s/resolve/main/config.json" % PRIVATE_REPO
     for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": TOKEN}):
-        resp, _ = request(mirror.url, path=path, headers=headers)
+        resp, _unused = request(mirror.url, path=path, headers=headers)
         assert resp.status == 401 and "Bearer" in resp.getheader("WWW-Authenticate")
-    resp, _ = request(mirror.url, path="/api/models/%s/revision/main" % PRIVATE_REPO)
+    resp, _unused = request(mirror.url, path="/api/models/%s/revision/main" % PRIVATE_REPO)
     assert resp.status == 401
     resp, body = request(mirror.url, path=path, headers={"Authorization": "Bearer " + TOKEN})
     assert resp.status == 200 and json.loads(body)["model_type"] == "qwen2"
@@ -195,7 +195,7 @@ def test_protected_repo_needs_the_bearer_token_and_no_token_reaches_the_log(mirr
         "print(snapshot_download(%r, local_dir='p', token=%r))\n" % (PRIVATE_REPO, TOKEN)))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "p" / "model-00001-of-00003.safetensors").is_file()
-    resp, _ = request(mirror.url, path="/%s/resolve/main/config.json" % TINY_REPO)
+    resp, _unused = request(mirror.url, path="/%s/resolve/main/config.json" % TINY_REPO)
     assert resp.status == 200  # public repos need no token
     log = mirror.log()
     assert PRIVATE_REPO in log and TOKEN not in log and "wrong-token" not in log

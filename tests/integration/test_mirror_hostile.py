@@ -64,7 +64,7 @@ def test_protected_repo_401_tells_huggingface_hub_to_pass_a_token(mirror, tmp_pa
             "from huggingface_hub.errors import RepositoryNotFoundError\n"
             "try:\n    hf_hub_download(%r, 'config.json')\n"
             "except RepositoryNotFoundError as err:\n    print('NOTFOUND', err)\n" % PRIVATE_REPO)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, check=False)
     assert "NOTFOUND" in proc.stdout and "authenticated" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -136,7 +136,7 @@ def test_slow_clients_are_cut_off_and_connections_capped(mirror_factory):
             closed = True
     slow.close()
     assert closed and time.monotonic() - started < 7.5
-    idle = [socket.create_connection((host, port), timeout=5) for _ in range(3)]
+    idle = [socket.create_connection((host, port), timeout=5) for _unused in range(3)]
     time.sleep(0.3)
     out = exchange(server.url, get("/health"), timeout=5)
     assert out.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in out
@@ -148,7 +148,7 @@ def test_slow_clients_are_cut_off_and_connections_capped(mirror_factory):
 
 def test_a_reset_idle_keep_alive_connection_leaves_no_traceback(mirror_factory):
     server = mirror_factory(quiet=True)
-    for _ in range(3):
+    for _unused in range(3):
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
@@ -178,7 +178,7 @@ def test_weak_or_blank_tokens_are_refused_at_start(mirror_data, tmp_path, token)
     proc = subprocess.run([sys.executable, "-m", "autoglm_mirror", "serve", "--data", str(mirror_data), "--port", "0",
                            "--protected-repo", PRIVATE_REPO], capture_output=True, text=True, timeout=30,
                           env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "mirror"),
-                                   AUTOGLM_MIRROR_TOKEN=token))
+                                   AUTOGLM_MIRROR_TOKEN=token), check=False)
     assert proc.returncode == 2 and "token" in proc.stderr
 
 
@@ -202,7 +202,7 @@ def test_modelscope_revisions_have_creation_times_newest_first(mirror_factory, t
     with urllib.request.urlopen(server.url + "/api/v1/models/%s/revisions" % TINY_REPO, timeout=10) as resp:
         rev_map = json.loads(resp.read())["Data"]["RevisionMap"]
     tags = [(t["Revision"], t["CreatedAt"]) for t in rev_map["Tags"]]
-    assert [name for name, _ in tags] == ["v1.0", "v0.9"]
+    assert [name for name, _unused in tags] == ["v1.0", "v0.9"]
     assert tags[0][1] > tags[1][1] > time.time() - 3600
     assert all(b["CreatedAt"] > 0 for b in rev_map["Branches"])
 
@@ -211,7 +211,7 @@ MS_PYTHON = os.environ.get("MODELSCOPE_PYTHON", sys.executable)
 
 
 def test_modelscope_client_picks_one_revision_for_file_and_snapshot(mirror_factory, two_tag_data, tmp_path):
-    if subprocess.run([MS_PYTHON, "-c", "import modelscope"], capture_output=True).returncode != 0:
+    if subprocess.run([MS_PYTHON, "-c", "import modelscope"], capture_output=True, check=False).returncode != 0:
         pytest.skip("the modelscope client is not installed (set MODELSCOPE_PYTHON to an interpreter that has it)")
     server = mirror_factory(data=two_tag_data)
     code = ("import json\n"
@@ -222,7 +222,7 @@ def test_modelscope_client_picks_one_revision_for_file_and_snapshot(mirror_facto
             "print(json.dumps([open(one).read(), open(snap + '/README.md').read()]))\n" % (TINY_REPO, TINY_REPO))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSCOPE")}
     env.update(MODELSCOPE_DOMAIN=server.url, MODELSCOPE_ENDPOINT=server.url, MODELSCOPE_CACHE=str(tmp_path / "c"))
-    proc = subprocess.run([MS_PYTHON, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    proc = subprocess.run([MS_PYTHON, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, snap = json.loads(proc.stdout.strip().splitlines()[-1])
     assert one == snap == "newer\n"
@@ -260,7 +260,7 @@ def test_https_with_a_ca_bundle(mirror_data, tmp_path, pki):
                    REQUESTS_CA_BUNDLE=str(pki / "ca.pem"), SSL_CERT_FILE=str(pki / "ca.pem"))
         proc = subprocess.run([sys.executable, "-c", "from huggingface_hub import snapshot_download\n"
                                "print(snapshot_download(%r, local_dir='m'))" % TINY_REPO],
-                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert (tmp_path / "m" / "model-00001-of-00003.safetensors").is_file()
 
@@ -272,6 +272,6 @@ def test_tls_misconfiguration_refuses_to_start(mirror_data, tmp_path, which):
     args = [a for flag in which for a in (flag, str(bogus))]
     proc = subprocess.run([sys.executable, "-m", "autoglm_mirror", "serve", "--data", str(mirror_data), "--port", "0",
                            *args], capture_output=True, text=True, timeout=30,
-                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "mirror")))
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "mirror")), check=False)
     assert proc.returncode == 2
     assert ("--tls-cert and --tls-key go together" if len(which) == 1 else "cannot load the TLS certificate") in proc.stderr

@@ -111,5 +111,5 @@ def test_symlink_leading_out_of_the_data_dir_is_not_followed(mirror_factory, tin
         resp, body = request(server.url, "/test-org/linked/resolve/main/%s" % name)
         assert resp.status == 404 and b"secret" not in body
     assert "resolves outside the snapshot" in server.log()
-    resp, _ = request(server.url, "/test-org/linked/resolve/main/tokenizer.json")
+    resp, _unused = request(server.url, "/test-org/linked/resolve/main/tokenizer.json")
     assert resp.status == 200  # the rest of the snapshot is still served

@@ -45,7 +45,7 @@ def raw_get(url: str, path: str, extra: str = "", timeout: float = 20.0) -> tupl
             if not chunk:
                 break
             out += chunk
-    head, _, body = out.partition(b"\r\n\r\n")
+    head, _unused, body = out.partition(b"\r\n\r\n")
     return head, body
 
 
@@ -59,7 +59,7 @@ def content_length(head: bytes) -> int:
 def verify_cli(data: Path, *extra: str) -> tuple[int, dict]:
     proc = subprocess.run([sys.executable, "-m", "autoglm_mirror", "verify", "--data", str(data), "--repo", REPO_ID,
                            "--commit", COMMIT, *extra], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(MIRROR_SRC)))
+                          env=dict(os.environ, PYTHONPATH=str(MIRROR_SRC)), check=False)
     return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {"stderr": proc.stderr}
 
 
@@ -88,9 +88,9 @@ def test_a_corrupted_file_is_cut_short_then_refused_until_repaired(store, tmp_pa
         head, body = raw_get(server.url, url_path)
         assert head.startswith(b"HTTP/1.1 503") and b"\r\nRetry-After: 1" in head
         assert b"\r\nX-Error-Code: FileQuarantined" in head and b"quarantined" in body
-        head, _ = raw_get(server.url, "/api/v1/models/%s/repo?Revision=main&FilePath=%s" % (REPO_ID, SHARD))
+        head, _unused = raw_get(server.url, "/api/v1/models/%s/repo?Revision=main&FilePath=%s" % (REPO_ID, SHARD))
         assert head.startswith(b"HTTP/1.1 503")  # one file, whichever API asks
-        head, _ = raw_get(server.url, "/%s/resolve/main/config.json" % REPO_ID)
+        head, _unused = raw_get(server.url, "/%s/resolve/main/config.json" % REPO_ID)
         assert head.startswith(b"HTTP/1.1 200")  # the others are still served
         assert "QUARANTINED %s@%s/%s" % (REPO_ID, COMMIT, SHARD) in server.log()
 
@@ -142,7 +142,7 @@ def test_huggingface_hub_never_ends_up_with_the_bad_file(store, tmp_path):
                 "except Exception as err:\n    print('FAILED', type(err).__name__, err)\n" % (REPO_ID, SHARD))
         started = time.monotonic()
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env,
-                              cwd=tmp_path)
+                              cwd=tmp_path, check=False)
         assert "FAILED" in proc.stdout, proc.stdout + proc.stderr[-2000:]
         assert not (tmp_path / "out" / SHARD).exists()  # only an .incomplete part, which it resumes elsewhere
         assert time.monotonic() - started < 120  # Retry-After is short: the client gives up (or moves on) soon

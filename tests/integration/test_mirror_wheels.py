@@ -40,7 +40,7 @@ def ca(tmp_path_factory) -> dict:
 @pytest.fixture
 def https_mirror(mirror_data, wheelhouse, ca, tmp_path):
     server = mirror_fixture_server(mirror_data, tmp_path, wheelhouse=wheelhouse, tls_cert=ca["cert"], tls_key=ca["key"],
-                                  cafile=ca["ca"])
+                                   cafile=ca["ca"])
     yield server
     server.stop()
 
@@ -90,10 +90,10 @@ def test_pip_installs_from_the_mirror_over_https(https_mirror, ca, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT")}
     env.update(isolated_pip_env(), PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_CACHE_DIR="1")
     proc = subprocess.run([*pip, "install", "--no-index", "--find-links", https_mirror.url + "/wheels/",
-                           "--cert", ca["ca"], "mirrorpkg==1.0"], capture_output=True, text=True, timeout=300, env=env)
+                           "--cert", ca["ca"], "mirrorpkg==1.0"], capture_output=True, text=True, timeout=300, env=env, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     check = subprocess.run([str(target / "bin" / "python"), "-c", "import mirrorpkg, mirrordep; print(mirrorpkg.__version__)"],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, check=False)
     assert check.stdout.strip() == "1.0", check.stderr
     log = https_mirror.log()
     assert '"GET /wheels/" 200' in log and '"GET /wheels/0123456789ab/mirrorpkg-1.0-py3-none-any.whl" 200' in log
@@ -108,5 +108,5 @@ def test_no_wheelhouse_no_wheels(mirror, ca):
 def test_a_missing_wheelhouse_refuses_to_start(mirror_data, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "autoglm_mirror", "serve", "--data", str(mirror_data), "--port", "0",
                            "--wheelhouse", str(tmp_path / "absent")], capture_output=True, text=True, timeout=30,
-                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "mirror")))
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "mirror")), check=False)
     assert proc.returncode == 2 and "--wheelhouse" in proc.stderr

@@ -131,7 +131,7 @@ def test_a_new_revision_links_unchanged_files_from_the_deployed_one(run_module, 
                       "tokenizer_config.json"}),
     ([], ["*.safetensors", "tokenizer*"], {"config.json", "generation_config.json", "model.safetensors.index.json"}),
     (["model-*", "config.json"], ["*00002*"], {"config.json", "model-00001-of-00003.safetensors",
-                                              "model-00003-of-00003.safetensors"}),
+                                               "model-00003-of-00003.safetensors"}),
 ])
 def test_allow_and_ignore_patterns(run_module, mirror, tmp_path, allow, ignore, expected):
     dest = tmp_path / "model"
@@ -303,5 +303,5 @@ def test_persistent_faults_fail_clearly_and_leave_no_wrong_file(run_module, mirr
     else:
         assert "HTTP 500" in result["msg"] and "gave up" in result["msg"]
         assert not [p for p in dest.rglob("*") if p.is_file() and not p.name.endswith((".part", ".ranges", ".json",
-                                                                                        ".lock"))]
+                                                                                       ".lock"))]
     assert not _manifest.manifest_path(str(dest)) or not Path(_manifest.manifest_path(str(dest))).exists()

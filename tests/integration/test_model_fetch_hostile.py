@@ -222,7 +222,7 @@ def test_listed_names_that_look_like_temporary_files_each_get_their_own_bytes(ru
             assert on_disk(dest) == files
             manifest = _manifest.by_path(_manifest.load(_manifest.manifest_path(str(dest))))
             assert {p: e["sha256"] for p, e in manifest.items()} == {p: hashlib.sha256(d).hexdigest()
-                                                                      for p, d in files.items()}
+                                                                     for p, d in files.items()}
             assert run_module("model_verify", {"path": str(dest), "mode": "full"})["_rc"] == 0
             for path in files:
                 (dest / path).unlink()

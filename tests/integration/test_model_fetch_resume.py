@@ -104,7 +104,7 @@ def test_dropped_connections_resume_from_the_recorded_ranges(big_data, mirror_fa
     server = mirror_factory(data=big_data, drop_after=3_000_000)
     args = dict(module_args(tmp_path / "model", server.url), chunk_size_mb=8)
     proc = start_module(args, tmp_path)
-    out, _ = proc.communicate(timeout=120)
+    out, _unused = proc.communicate(timeout=120)
     result = json.loads(out)
     assert proc.returncode == 0, result.get("msg")
     assert shard_bytes_sent(server.log()) == SHARD_SIZE  # nothing was fetched twice

@@ -46,8 +46,8 @@ def requests(server, since: int = 0) -> list:
 
 
 def test_bad_input_is_refused_before_any_task(tmp_path):
-    code, _, report = run_role(tmp_path, tmp_path / "models", "http://127.0.0.1:9", "model_weights_source=github",
-                               "model_weights_keep=lots")
+    code, _unused, report = run_role(tmp_path, tmp_path / "models", "http://127.0.0.1:9", "model_weights_source=github",
+                                     "model_weights_keep=lots")
     text = json.dumps(report)
     assert code != 0 and "model_weights_source" in text and "github" in text and "model_weights_keep" in text
     assert not (tmp_path / "models").exists()
@@ -69,10 +69,10 @@ def test_check_mode_writes_nothing_then_converges_then_reruns_as_a_noop(tmp_path
     seen = len(requests(server))
     code, stats, report = run_role(tmp_path, root, server.url)
     assert code == 0 and stats["changed"] == 0, failures(report)
-    assert [path for path, _ in requests(server, seen)] == ["/api/models/%s/revision/main" % TINY_REPO]
+    assert [path for path, _unused in requests(server, seen)] == ["/api/models/%s/revision/main" % TINY_REPO]
 
     seen = len(requests(server))
-    code, stats, _ = run_role(tmp_path, root, server.url, "model_weights_commit=" + TINY_COMMIT)
+    code, stats, _unused = run_role(tmp_path, root, server.url, "model_weights_commit=" + TINY_COMMIT)
     assert code == 0 and stats["changed"] == 0
     assert requests(server, seen) == []  # pinned and on disk: not a single request
 
@@ -103,7 +103,7 @@ def test_a_shard_corrupted_in_place_is_quarantined_and_refetched_alone(tmp_path,
     os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     seen = len(requests(server))
-    code, _, report = run_role(tmp_path, root, server.url)
+    code, _unused, report = run_role(tmp_path, root, server.url)
     assert code == 0, failures(report)
     downloads = [(path, size) for path, size in requests(server, seen) if "/resolve/" in path]
     assert downloads == [("/%s/resolve/%s/%s" % (TINY_REPO, TINY_COMMIT, shard.name), st.st_size)]
@@ -114,10 +114,10 @@ def test_a_shard_corrupted_in_place_is_quarantined_and_refetched_alone(tmp_path,
 
 def test_a_disk_too_small_is_refused_before_downloading(tmp_path, mirror_factory):
     server = mirror_factory()
-    code, _, report = run_role(tmp_path, tmp_path / "models", server.url, "model_weights_disk_headroom_mb=1000000000")
+    code, _unused, report = run_role(tmp_path, tmp_path / "models", server.url, "model_weights_disk_headroom_mb=1000000000")
     message = " ".join(failures(report))
     assert code != 0 and "localhost:" in message and "bytes are free" in message and "MiB headroom" in message
-    assert not [path for path, _ in requests(server) if "/resolve/" in path]
+    assert not [path for path, _unused in requests(server) if "/resolve/" in path]
 
 
 def test_the_mirror_gets_its_own_token_and_the_hub_its_own_over_verified_https(tmp_path):
@@ -135,7 +135,7 @@ def test_the_mirror_gets_its_own_token_and_the_hub_its_own_over_verified_https(t
         assert refused[0] != 0 and "model_weights_mirror_allow_insecure_token" in " ".join(failures(refused[2]))
         assert mirror.requests == [] and hub.requests == []
         allowed = json.dumps(dict(secrets, model_weights_mirror_allow_insecure_token=True))
-        code, _, report = run_role(tmp_path, tmp_path / "models", hub.url, allowed)
+        code, _unused, report = run_role(tmp_path, tmp_path / "models", hub.url, allowed)
         assert code == 0, failures(report)
         assert mirror.auth_seen() == {"Bearer mirror-secret-1"}
         assert hub.auth_seen() == {"Bearer hub-secret-2"}

@@ -33,12 +33,12 @@ def modes(revision: Path) -> dict:
 @pytest.mark.skipif(os.geteuid() != 0, reason="handing a file to another user needs root")
 def test_unreadable_shard_and_foreign_config_are_repaired_by_one_rerun(tmp_path, root, mirror_factory):
     server = mirror_factory()
-    code, _, report = run_role(tmp_path, root, server.url, READER)
+    code, _unused, report = run_role(tmp_path, root, server.url, READER)
     assert code == 0, failures(report)
-    assert any("/resolve/" in path for path, _ in requests(server)), "the first run downloads the files"
+    assert any("/resolve/" in path for path, _unused in requests(server)), "the first run downloads the files"
     revision = root / "tiny" / TINY_COMMIT
     converged = modes(revision)
-    assert {mode for mode, _ in converged.values()} <= {0o644, 0o755}
+    assert {mode for mode, _unused in converged.values()} <= {0o644, 0o755}
 
     shard = sorted(revision.glob("*.safetensors"))[0]
     os.chmod(shard, 0o600)
@@ -53,7 +53,7 @@ def test_unreadable_shard_and_foreign_config_are_repaired_by_one_rerun(tmp_path,
     code, stats, report = run_role(tmp_path, root, server.url, READER)
     assert code == 0 and stats["changed"] == 1, (failures(report), json.dumps(report)[:2000])
     assert modes(revision) == converged
-    assert not [path for path, _ in requests(server, seen) if "/resolve/" in path], "nothing is downloaded again"
+    assert not [path for path, _unused in requests(server, seen) if "/resolve/" in path], "nothing is downloaded again"
 
     code, stats, report = run_role(tmp_path, root, server.url, READER)
     assert code == 0 and stats["changed"] == 0, failures(report)
@@ -61,6 +61,6 @@ def test_unreadable_shard_and_foreign_config_are_repaired_by_one_rerun(tmp_path,
 
 def test_modes_the_reader_cannot_use_are_refused_naming_the_setting(tmp_path, root, mirror_factory):
     server = mirror_factory()
-    code, _, report = run_role(tmp_path, root, server.url, READER, "model_weights_file_mode=0640")
+    code, _unused, report = run_role(tmp_path, root, server.url, READER, "model_weights_file_mode=0640")
     assert code != 0
     assert any("nobody cannot read (r)" in msg and "file_mode 0640" in msg for msg in failures(report)), failures(report)

@@ -18,7 +18,7 @@ def run_role(role: str, extra_vars: list[str]) -> subprocess.CompletedProcess:
         for item in extra_vars:
             args += ["-e", item]
         return subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=120,
-                              env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1"))
+                              env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1"), check=False)
     finally:
         path.unlink()
 

@@ -43,7 +43,7 @@ def chat(server, content, **extra):
 
 
 def test_models_lists_the_served_name(server):
-    status, _, body = request("GET", server.base + "/v1/models")
+    status, _unused, body = request("GET", server.base + "/v1/models")
     data = json.loads(body)
     assert status == 200 and data["object"] == "list"
     assert [m["id"] for m in data["data"]] == ["tiny"]
@@ -71,7 +71,7 @@ def test_max_tokens_bounds_the_answer_and_says_length(server):
 
 
 def test_streaming_sends_the_same_text_as_sse_chunks_then_done(server):
-    _, plain = chat(server, PROMPTS[2], max_tokens=16)
+    _unused, plain = chat(server, PROMPTS[2], max_tokens=16)
     status, ctype, events = stream_events(server.base + "/v1/chat/completions", {
         "model": "tiny", "messages": [{"role": "user", "content": PROMPTS[2]}], "temperature": 0, "max_tokens": 16,
         "stream_options": {"include_usage": True}})
@@ -89,19 +89,19 @@ def test_streaming_sends_the_same_text_as_sse_chunks_then_done(server):
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_stop_sequence_cuts_the_answer_before_it(server, stream):
-    _, full = chat(server, PROMPTS[3], max_tokens=24)
+    _unused, full = chat(server, PROMPTS[3], max_tokens=24)
     text = full["choices"][0]["message"]["content"]
     assert len(text) >= 4, "the tiny model should say something to cut: %r" % text
     # Stop on a piece from the middle: the answer is what precedes its first occurrence.
     stop = text[2:4]
     expected = text[:text.index(stop)]
     if stream:
-        _, _, events = stream_events(server.base + "/v1/chat/completions", {
+        _unused, _unused, events = stream_events(server.base + "/v1/chat/completions", {
             "messages": [{"role": "user", "content": PROMPTS[3]}], "temperature": 0, "max_tokens": 24, "stop": [stop]})
         got = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"])
         reason = [e["choices"][0]["finish_reason"] for e in events[:-1] if e["choices"]][-1]
     else:
-        _, body = chat(server, PROMPTS[3], max_tokens=24, stop=stop)
+        _unused, body = chat(server, PROMPTS[3], max_tokens=24, stop=stop)
         got, reason = body["choices"][0]["message"]["content"], body["choices"][0]["finish_reason"]
     assert got == expected and reason == "stop"
 
@@ -142,7 +142,7 @@ def test_requests_it_cannot_serve_get_an_openai_error(server, body, status, para
 
 def test_unknown_path_and_wrong_method_are_refused(server):
     assert request("GET", server.base + "/v1/completions")[0] == 404
-    status, _, body = request("GET", server.base + "/v1/chat/completions")
+    status, _unused, body = request("GET", server.base + "/v1/chat/completions")
     assert status == 405 and json.loads(body)["error"]["code"] == "method_not_allowed"
 
 
@@ -152,7 +152,7 @@ def test_metrics_count_requests_tokens_and_model_load(server):
     before = (metric(server, "autoglm_serve_requests_total", **ok), metric(server, "autoglm_serve_requests_total", **bad),
               metric(server, "autoglm_serve_generation_tokens_total"),
               metric(server, "autoglm_serve_request_duration_seconds_count", endpoint="/v1/chat/completions"))
-    _, body = chat(server, PROMPTS[4], max_tokens=5)
+    _unused, body = chat(server, PROMPTS[4], max_tokens=5)
     chat(server, PROMPTS[4], model="other")
     after = (metric(server, "autoglm_serve_requests_total", **ok), metric(server, "autoglm_serve_requests_total", **bad),
              metric(server, "autoglm_serve_generation_tokens_total"),
@@ -192,7 +192,7 @@ def test_concurrent_requests_each_get_their_own_answer(server, model_dir):
 
     def ask(i: int):
         if i % 2:
-            _, _, events = stream_events(server.base + "/v1/chat/completions", {
+            _unused, _unused, events = stream_events(server.base + "/v1/chat/completions", {
                 "messages": [{"role": "user", "content": PROMPTS[i]}], "temperature": 0, "max_tokens": 20})
             return "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"])
         return chat(server, PROMPTS[i], max_tokens=20)[1]["choices"][0]["message"]["content"]
@@ -221,8 +221,8 @@ def test_one_batch_keeps_each_requests_budget_and_stop(server, model_dir):
 
     with ThreadPoolExecutor(max_workers=len(PROMPTS)) as pool:
         got = list(pool.map(ask, range(len(PROMPTS))))
-    assert [text for text, _ in got] == expected
-    assert all(tokens <= budget for (_, tokens), budget in zip(got, budgets))
+    assert [text for text, _unused in got] == expected
+    assert all(tokens <= budget for (_unused, tokens), budget in zip(got, budgets))
 
 
 def test_frequency_and_presence_penalties_change_a_repetitive_greedy_answer(server):

@@ -124,9 +124,9 @@ def test_a_refused_requests_body_is_not_parsed_as_the_next_request(server, reque
     conn = RawConnection(server.base)
     try:
         conn.send(request_bytes + b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
-        first, _, raw = conn.response()
+        first, _unused, raw = conn.response()
         assert first == status, raw
-        second, _, raw = conn.response()
+        second, _unused, raw = conn.response()
         assert second == 200 and json.loads(raw)["status"] == "ok", "the body was answered as a request: %r" % raw
     finally:
         conn.close()
@@ -170,8 +170,8 @@ def test_headers_over_64_kib_get_431(server):
     conn = RawConnection(server.base)
     try:
         conn.send(b"GET /health HTTP/1.1\r\nHost: test\r\n" + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000)
-                                                                        for i in range(90)) + b"\r\n")
-        status, _, raw = conn.response()
+                                                                       for i in range(90)) + b"\r\n")
+        status, _unused, raw = conn.response()
         assert status == 431 and error_of(raw)
     finally:
         conn.close()
@@ -192,7 +192,7 @@ def test_expect_100_continue_gets_a_refusal_before_the_body(server):
                   b"Expect: 100-continue\r\n\r\n" % (KEY.encode(), len(body)))
         assert conn.response(head_only=True)[0] == 100
         conn.send(body)
-        status, _, raw = conn.response()
+        status, _unused, raw = conn.response()
         assert status == 200, raw
     finally:
         conn.close()
@@ -216,7 +216,7 @@ def test_a_burst_of_100_chats_gets_answers_not_resets(server):
         except OSError as exc:
             outcomes.append(type(exc).__name__)
 
-    threads = [threading.Thread(target=client) for _ in range(100)]
+    threads = [threading.Thread(target=client) for _unused in range(100)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -227,7 +227,7 @@ def test_a_burst_of_100_chats_gets_answers_not_resets(server):
 
 
 def test_connections_over_the_cap_get_a_fast_503_then_close(strict):
-    holders = [RawConnection(strict.base, timeout=10) for _ in range(4)]
+    holders = [RawConnection(strict.base, timeout=10) for _unused in range(4)]
     try:
         for conn in holders:
             conn.send(b"GET /health HTTP/1.1\r\nHost: test\r\n")  # a head that is never finished
@@ -258,7 +258,7 @@ def test_a_slow_client_is_cut_at_the_request_deadline(strict):
             conn.send(b"X-Slow-%d: x\r\n" % i)
         else:
             pytest.fail("the slow client was still being served after 20 s")
-        status, _, raw = conn.response()
+        status, _unused, raw = conn.response()
         assert status == 408 and error_of(raw)
         assert conn.closed_by_server()
     finally:
@@ -277,7 +277,7 @@ def test_a_request_half_sent_then_silent_is_closed(strict):
     conn = RawConnection(strict.base, timeout=10)
     try:
         conn.send(chat_request(CHAT)[:-5])
-        status, _, _ = conn.response()
+        status, _unused, _unused = conn.response()
         assert status == 408 and conn.closed_by_server()
     finally:
         conn.close()
@@ -300,7 +300,7 @@ def test_odd_json_gets_a_400_naming_the_param(server, body, param):
     conn = RawConnection(server.base, timeout=30)
     try:
         conn.send(chat_request(body, AUTH) + b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
-        status, _, raw = conn.response()
+        status, _unused, raw = conn.response()
         assert status == 400, raw
         assert error_of(raw)["param"] == param
         assert conn.response()[0] == 200  # and the connection still serves
@@ -323,16 +323,16 @@ def test_other_methods_get_json_405_or_404(server, method, path, status, allow):
 
 @pytest.mark.parametrize("path", ["/health", "/v1/models", "/metrics"])
 def test_head_answers_like_get_without_the_body(server, path):
-    _, get_head, get_body = request("GET", server.base + path, headers=AUTH, timeout=20)
+    _unused, get_head, get_body = request("GET", server.base + path, headers=AUTH, timeout=20)
     conn = RawConnection(server.base, timeout=20)
     try:
         conn.send(b"HEAD %s HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer %s\r\n\r\nGET /health HTTP/1.1\r\nHost: t\r\n\r\n"
                   % (path.encode(), KEY.encode()))
-        status, head, _ = conn.response(head_only=True)
+        status, head, _unused = conn.response(head_only=True)
         assert status == 200 and head["content-type"] == get_head["content-type"]
         if path != "/metrics":  # metrics change between two requests
             assert int(head["content-length"]) == len(get_body)
-        status, _, raw = conn.response()  # the next response starts right after the head: no body was sent
+        status, _unused, raw = conn.response()  # the next response starts right after the head: no body was sent
         assert status == 200 and json.loads(raw)["status"] == "ok"
     finally:
         conn.close()
@@ -345,7 +345,7 @@ def test_a_client_that_leaves_has_its_queued_generation_cancelled(server):
     long_chat = dict(CHAT, max_tokens=400)
     x_result = {}
     x = threading.Thread(target=lambda: x_result.update(answer=post_json(server.base + "/v1/chat/completions",
-                                                                            long_chat, AUTH)))
+                                                                         long_chat, AUTH)))
     x.start()
     wait_for(lambda: metric(server, "autoglm_serve_batches_total") > batches, what="X running")
     conn = RawConnection(server.base)

@@ -39,7 +39,7 @@ def test_health_is_503_while_loading_then_200(keyed):
     assert seen.index(200) == len(seen) - 1
     status, body = keyed.loading_chat
     assert status == 503 and body["error"]["code"] == "model_loading"
-    status, _, raw = request("GET", keyed.base + "/health")
+    status, _unused, raw = request("GET", keyed.base + "/health")
     assert status == 200 and json.loads(raw)["status"] == "ok"
 
 

@@ -97,8 +97,8 @@ def test_a_screenshot_as_a_data_url_gets_the_lab_action(server, vlm):
     assert status == 200, body
     assert body["choices"][0]["message"]["content"] == vlm.action
     # The same instruction without the screenshot gets another answer: the model read the image.
-    _, text_only = post_json(server.base + URL, {"messages": [{"role": "user", "content": vlm.instruction}],
-                                                 "temperature": 0, "max_tokens": 48})
+    _unused, text_only = post_json(server.base + URL, {"messages": [{"role": "user", "content": vlm.instruction}],
+                                                       "temperature": 0, "max_tokens": 48})
     assert text_only["choices"][0]["message"]["content"] == vlm.no_screen_action
     with_image, without = body["usage"]["prompt_tokens"], text_only["usage"]["prompt_tokens"]
     print("prompt tokens %d with the screenshot, %d without; %.2f s" % (with_image, without, latency))
@@ -120,12 +120,12 @@ def test_streaming_with_an_image_sends_the_same_answer(server, vlm):
     assert status == 200 and ctype.startswith("text/event-stream") and events[-1] == "[DONE]"
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"])
     assert text == vlm.action
-    _, plain = ask(server, [image_part(data_url(vlm.screenshot))], vlm.instruction)
+    _unused, plain = ask(server, [image_part(data_url(vlm.screenshot))], vlm.instruction)
     assert events[-2]["usage"] == plain["usage"]
 
 
 def test_a_file_url_inside_the_allowed_folder_is_read(server, vlm, media_dir):
-    _, by_data = ask(server, [image_part(data_url(vlm.screenshot))])
+    _unused, by_data = ask(server, [image_part(data_url(vlm.screenshot))])
     status, by_file = ask(server, [image_part((media_dir / "allowed" / "screen.png").as_uri())])
     assert status == 200, by_file
     assert by_file["choices"][0]["message"]["content"] == by_data["choices"][0]["message"]["content"]
@@ -184,7 +184,7 @@ def image_host(vlm):
 
 
 def test_with_allow_remote_media_an_http_image_is_fetched(tight, vlm, image_host):
-    _, by_data = ask(tight, [image_part(data_url(vlm.screenshot))])
+    _unused, by_data = ask(tight, [image_part(data_url(vlm.screenshot))])
     status, by_http = ask(tight, [image_part(image_host + "/screen.png")])
     assert status == 200, by_http
     assert by_http["usage"] == by_data["usage"]
@@ -222,7 +222,7 @@ def test_image_and_text_requests_share_batches_and_each_gets_its_own_answer(serv
         return body["choices"][0]["message"]["content"], body["usage"]["prompt_tokens"]
 
     alone = [one(i) for i in range(9)]
-    assert [answer for answer, _ in alone[0::3]] == [vlm.action] * 3
+    assert [answer for answer, _unused in alone[0::3]] == [vlm.action] * 3
     batches = metric(server, "autoglm_serve_batches_total")
     with ThreadPoolExecutor(max_workers=9) as pool:
         assert list(pool.map(one, range(9))) == alone
@@ -289,7 +289,7 @@ def test_the_body_limit_leaves_room_for_images_but_not_more(server):
     conn = RawConnection(server.base, timeout=20)
     try:
         conn.send(b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n{" % (URL.encode(), 40 << 20))
-        status, _, raw = conn.response()
+        status, _unused, raw = conn.response()
         assert status == 413 and json.loads(raw)["error"]["code"] == "request_too_large"
     finally:
         conn.close()

@@ -181,7 +181,7 @@ def test_glm4v_transformers_answers_the_lab_action_and_stops(glm_dir, builder, l
 def test_glm4v_without_the_screenshot_answers_something_else(glm_dir, builder):
     import torch
 
-    answer, _, _ = _greedy(glm_dir, builder, builder.LAB_INSTRUCTION, torch.float32)
+    answer, _unused, _unused = _greedy(glm_dir, builder, builder.LAB_INSTRUCTION, torch.float32)
     assert answer != builder.LAB_ACTION and answer == builder.NO_SCREEN_ACTION
-    answer, _, _ = _greedy(glm_dir, builder, [{"type": "text", "text": builder.LAB_INSTRUCTION}], torch.float32)
+    answer, _unused, _unused = _greedy(glm_dir, builder, [{"type": "text", "text": builder.LAB_INSTRUCTION}], torch.float32)
     assert answer != builder.LAB_ACTION

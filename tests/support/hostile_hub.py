@@ -158,7 +158,7 @@ class HostileHub:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def auth_seen(self) -> set:
-        return {auth for *_, auth, _tls in self.requests}
+        return {auth for *_unused, auth, _tls in self.requests}
 
     def __enter__(self) -> HostileHub:
         self.thread.start()

@@ -62,7 +62,7 @@ def ingest(data: str | os.PathLike, repo: str, src: str | os.PathLike, commit: s
         args += ["--ref", ref]
     for tag in tags:
         args += ["--tag", tag]
-    proc = subprocess.run([*args, *extra], capture_output=True, text=True, env=_env(), timeout=600)
+    proc = subprocess.run([*args, *extra], capture_output=True, text=True, env=_env(), timeout=600, check=False)
     if proc.returncode != 0:
         raise RuntimeError("ingest failed (rc=%d): %s" % (proc.returncode, proc.stderr))
     return json.loads(proc.stdout)

@@ -54,7 +54,7 @@ def build_model(root: Path, write_manifest: bool = True) -> dict:
         save_file(tensors, str(root / name), metadata={"format": "pt"})
         weight_map.update({tensor: name for tensor in tensors})
     (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 0},
-                                                                    "weight_map": weight_map}, indent=2))
+                                                                   "weight_map": weight_map}, indent=2))
     (root / "config.json").write_text(json.dumps({"model_type": "glm4v", "hidden_size": 128}, indent=2) + "\n")
     (root / "tokenizer_config.json").write_text('{"model_max_length": 25480}\n')
     (root / "tokenizer").mkdir(exist_ok=True)

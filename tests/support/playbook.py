@@ -21,7 +21,7 @@ def run_local_playbook(playbook: Path, tmp_path: Path, extra_vars: tuple = (), c
         command.append("--check")
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", AUTOGLM_AUDIT_LOG=str(tmp_path / "audit.jsonl"))
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     try:
         report = json.loads(proc.stdout)
     except ValueError:

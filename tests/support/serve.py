@@ -74,7 +74,7 @@ def metric(server: Any, name: str, **labels: str) -> float:
 
 def post_json(url: str, payload: Any, headers: dict | None = None, timeout: float = 120) -> tuple[int, Any]:
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    status, _, body = request("POST", url, raw, dict({"Content-Type": "application/json"}, **(headers or {})), timeout)
+    status, _unused, body = request("POST", url, raw, dict({"Content-Type": "application/json"}, **(headers or {})), timeout)
     return status, json.loads(body)
 
 
@@ -173,7 +173,7 @@ class RawConnection:
         status = int(lines[0].split()[1])
         headers = {}
         for line in lines[1:]:
-            name, _, value = line.partition(":")
+            name, _unused, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         length = 0 if head_only or status == 100 else int(headers.get("content-length", 0))
         while len(self._buffer) < length:
@@ -220,7 +220,7 @@ def rss_kib(pid: int) -> dict:
     """VmRSS and VmHWM (peak) of a process, in KiB."""
     fields = {}
     for line in Path("/proc/%d/status" % pid).read_text().splitlines():
-        name, _, value = line.partition(":")
+        name, _unused, value = line.partition(":")
         if name in ("VmRSS", "VmHWM"):
             fields[name] = int(value.split()[0])
     return fields

@@ -75,7 +75,7 @@ def render(tmp_path: Path, role: str, template: str, extra: dict) -> tuple:
                           "        src: %s\n        dest: \"%s\"\n        mode: \"0600\"\n"
                           "      vars: %s\n"
                         % (src, out, json.dumps(task_vars)))
-    rc, _, output = run_local_playbook(playbook, tmp_path, extra_vars=(json.dumps(extra),))
+    rc, _unused, output = run_local_playbook(playbook, tmp_path, extra_vars=(json.dumps(extra),))
     return rc, output, (out.read_text() if out.exists() else "")
 
 
@@ -92,6 +92,6 @@ def render_many(tmp_path: Path, renders: dict) -> tuple:
     playbook = tmp_path / "render.yml"
     header = _HEADER.format(vars_files=_vars_files(roles), systemctl=SYSTEMCTL)
     playbook.write_text(header + "".join("    - %s\n" % json.dumps(task) for task in tasks))
-    rc, _, output = run_local_playbook(playbook, tmp_path)
+    rc, _unused, output = run_local_playbook(playbook, tmp_path)
     texts = {name: (tmp_path / name).read_text() for name in renders if (tmp_path / name).exists()}
     return rc, output, texts

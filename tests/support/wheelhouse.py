@@ -24,7 +24,7 @@ def build_wheels(src_root: Path, dest: Path, projects: list) -> list:
     # One pip run per round of distinct names: pip refuses two versions of one project in a run.
     rounds: list = []
     for project in projects:
-        free = next((batch for batch in rounds if project[0] not in {name for name, *_ in batch}), None)
+        free = next((batch for batch in rounds if project[0] not in {name for name, *_unused in batch}), None)
         if free is None:
             free = []
             rounds.append(free)

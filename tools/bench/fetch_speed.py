@@ -162,20 +162,20 @@ class Bench:
         os.sync()  # the previous run's dirty pages are written back now, not during this run
         cpu0, srv0 = children_cpu(), cpu_seconds(server.proc.pid)
         start = time.monotonic()
-        proc = subprocess.run(argv, env=env, cwd=self.work, capture_output=True, text=True, timeout=3600)
+        proc = subprocess.run(argv, env=env, cwd=self.work, capture_output=True, text=True, timeout=3600, check=False)
         seconds = time.monotonic() - start
         cpu, srv = children_cpu() - cpu0, cpu_seconds(server.proc.pid) - srv0
         try:
             if proc.returncode != 0:
                 raise RuntimeError("%s failed (rc=%d): %s%s" % (tool, proc.returncode, proc.stdout[-2000:],
-                                                               proc.stderr[-2000:]))
+                                                                proc.stderr[-2000:]))
             for name, (size, digest) in self.files.items():
                 got = dest / name
                 if not got.is_file() or got.stat().st_size != size or sha256_of(got) != digest:
                     raise RuntimeError("%s wrote a wrong or missing %s" % (tool, name))
         finally:
             shutil.rmtree(dest, ignore_errors=True)
-        total = sum(size for size, _ in self.files.values())
+        total = sum(size for size, _unused in self.files.values())
         return {"mbps": total / seconds / 1e6, "seconds": seconds, "cpu": cpu, "server_cpu": srv}
 
     # ---- resume after SIGKILL ----------------------------------------------------------------------------
@@ -208,7 +208,7 @@ class Bench:
                 time.sleep(0.5)  # let the server log the connections the kill broke
                 sent_before = sum(int(n) for n in pattern.findall(server.log()))
                 argv, env = self.model_fetch(server.url, dest)
-                again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600)
+                again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600, check=False)
                 result = json.loads(again.stdout)
                 if again.returncode != 0:
                     raise RuntimeError("model_fetch resume failed: %s" % result.get("msg"))
@@ -225,8 +225,8 @@ def ratio(value: float, base: float) -> str:
 
 
 def report(args: argparse.Namespace, files: dict, results: dict, resumes: dict, conditions: list[str]) -> None:
-    total = sum(size for size, _ in files.values())
-    big = max(size for size, _ in files.values())
+    total = sum(size for size, _unused in files.values())
+    big = max(size for size, _unused in files.values())
     print("snapshot %.2f GiB: %d files, the largest %.2f GiB; mirror on loopback; best of %d; %d CPU cores"
           % (total / (1 << 30), len(files), big / (1 << 30), args.repeat, os.cpu_count() or 0))
     print("model_fetch: connections=%d chunk_size_mb=%d; MB = 10^6 bytes; cpu = client / mirror CPU seconds"
@@ -242,13 +242,13 @@ def report(args: argparse.Namespace, files: dict, results: dict, resumes: dict, 
                 ratio(r["mbps"], rows["snapshot_download"]["mbps"]), "%.1f/%.1f" % (r["cpu"], r["server_cpu"])))
     print("\nresume: model_fetch killed (SIGKILL) at ~50%, then run again")
     print("%-28s %9s %12s %12s %14s %14s" % ("condition", "killed at", "resumed MB", "fetched MB", "sent twice MB",
-                                            "bound MB"))
+                                             "bound MB"))
     for cond, r in resumes.items():
         if r["killed_at"] is None:
             print("%-28s the download finished before the kill: use a larger --size" % cond)
             continue
         print("%-28s %8.0f%% %12.0f %12.0f %14.1f %14.0f" % (cond, 100 * r["killed_at"], r["resumed"] / 1e6,
-                                                            r["fetched"] / 1e6, r["refetched"] / 1e6, r["bound"] / 1e6))
+                                                             r["fetched"] / 1e6, r["refetched"] / 1e6, r["bound"] / 1e6))
     print("\ngoals (issue 4):")
     capped, free = results[conditions[1]], results[conditions[0]]
     mf = capped["model_fetch"]["mbps"]

@@ -170,7 +170,7 @@ def main() -> int:
                 "mirror": mirror_url + "/%s/resolve/main/%s" % (REPO_ID, big.name)}
         for name in urls:
             results[name] = {1: 0.0, args.streams: 0.0}
-        for _ in range(args.repeat):
+        for _unused in range(args.repeat):
             for streams in (1, args.streams):
                 for name, url in urls.items():  # interleaved, so drift hits both alike
                     rate = args.size / curl_once(url, streams, args.size) / 1e6
@@ -181,7 +181,7 @@ def main() -> int:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print("file %.2f GiB on loopback, curl to /dev/null, best of %d, %d CPU cores" % (args.size / (1 << 30), args.repeat,
-                                                                                     os.cpu_count() or 0))
+                                                                                      os.cpu_count() or 0))
     print("%-12s %12s %12s %10s" % ("connections", "nginx MB/s", "mirror MB/s", "mirror %"))
     ok = True
     for streams in (1, args.streams):

@@ -49,7 +49,7 @@ def refuse(base: str, text_bytes: int) -> tuple[int, str, float]:
     thread = threading.Thread(target=sender, daemon=True)
     thread.start()
     try:
-        status, _, raw = conn.response()
+        status, _unused, raw = conn.response()
         code = json.loads(raw)["error"]["code"] if raw else ""
     finally:
         conn.close()
@@ -67,7 +67,7 @@ def main() -> int:
         model = model_or_tiny(args.model, work)
         with ServeProcess(model, args=["--log-level", "warning", *args.server_arg], log_path=work / "serve.log") as srv:
             srv.wait_healthy()
-            status, _ = post_json(srv.base + "/v1/chat/completions", {
+            status, _unused = post_json(srv.base + "/v1/chat/completions", {
                 "messages": [{"role": "user", "content": "Open the settings app."}], "temperature": 0, "max_tokens": 8})
             if status != 200:
                 raise RuntimeError("warm-up chat completion failed: %s" % status)

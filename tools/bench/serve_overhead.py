@@ -94,12 +94,12 @@ def concurrent(fn: Any, clients: int, rounds: int) -> tuple[float, int]:
     lock = threading.Lock()
 
     def client() -> None:
-        for _ in range(rounds):
+        for _unused in range(rounds):
             value = fn()
             with lock:
                 results.append(value)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client) for _unused in range(clients)]
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -129,12 +129,12 @@ def measure(model: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]
         ways = {"generate": lambda: direct.generate(args.max_tokens),
                 "engine": lambda: engine_call(engine, direct.prompt_ids, args.max_tokens),
                 "server": lambda: chat(srv.base, args.max_tokens)}
-        for _ in range(3):  # warm-up: first calls allocate and pick kernels
+        for _unused in range(3):  # warm-up: first calls allocate and pick kernels
             for call in ways.values():
                 call()
         latencies: dict[str, list[float]] = {name: [] for name in ways}
         tokens: dict[str, int] = {}
-        for _ in range(args.repeat):
+        for _unused in range(args.repeat):
             for name, call in ways.items():
                 latencies[name].append(timed(call)[0])
         for name, call in ways.items():
@@ -145,13 +145,13 @@ def measure(model: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]
         for n in args.concurrency:
             total = n * args.rounds
             runs = {
-                "serial": lambda n=n: timed(lambda: sum(direct.generate(args.max_tokens) for _ in range(n * args.rounds))),
-                "batched": lambda n=n: timed(lambda: sum(direct.generate(args.max_tokens, n) * n for _ in range(args.rounds))),
+                "serial": lambda n=n: timed(lambda: sum(direct.generate(args.max_tokens) for _unused in range(n * args.rounds))),
+                "batched": lambda n=n: timed(lambda: sum(direct.generate(args.max_tokens, n) * n for _unused in range(args.rounds))),
                 "server": lambda n=n: concurrent(ways["server"], n, args.rounds),
             }
             for kind in runs:
                 out[kind][n] = (0.0, 0.0)
-            for _ in range(args.trials):  # best of, interleaved: a burst of load elsewhere spoils one run, not the row
+            for _unused in range(args.trials):  # best of, interleaved: a burst of load elsewhere spoils one run, not the row
                 for kind, run in runs.items():
                     seconds, made = run()
                     out[kind][n] = max(out[kind][n], (total / seconds, made / seconds))
@@ -169,7 +169,7 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
         lat = r[row]
         overhead[row] = 100 * (lat["server"] - lat["generate"]) / lat["generate"]
         print("%-28s %12.1f %12.1f %12.1f %9.1f%%" % ("median" if row == "latency" else "fastest", 1000 * lat["generate"],
-                                                     1000 * lat["engine"], 1000 * lat["server"], overhead[row]))
+                                                      1000 * lat["engine"], 1000 * lat["server"], overhead[row]))
     print()
     print("%-12s %20s %20s %20s" % ("concurrent", "generate serial", "generate batched", "server"))
     print("%-12s %20s %20s %20s" % ("requests", "req/s  tok/s", "req/s  tok/s", "req/s  tok/s"))

@@ -126,7 +126,7 @@ def ensure_vllm_venv(venv: Path, build: bool) -> Path:
 # ---- vLLM as a process --------------------------------------------------------------------------------------
 def other_vllm() -> list[str]:
     """`vllm serve` processes on the machine (containers' included: they show in the host's ps)."""
-    return subprocess.run(["pgrep", "-af", "vllm serve"], capture_output=True, text=True).stdout.splitlines()
+    return subprocess.run(["pgrep", "-af", "vllm serve"], capture_output=True, text=True, check=False).stdout.splitlines()
 
 
 def wait_for_no_vllm(timeout: float) -> None:
@@ -248,8 +248,8 @@ class Agent:
             if status != 200:
                 return "HTTP %s %s" % (status, json.dumps(body)[:200])
             return body["choices"][0]["message"]["content"]
-        status, _, events = stream_events(url, dict(self.payload, stream_options={"include_usage": True}),
-                                          timeout=120)
+        status, _unused, events = stream_events(url, dict(self.payload, stream_options={"include_usage": True}),
+                                                timeout=120)
         if status != 200 or not events or events[-1] != "[DONE]":
             return "stream: HTTP %s, last event %r" % (status, events[-1:] if events else None)
         if not (events[-2].get("usage") or {}).get("completion_tokens"):
@@ -281,11 +281,11 @@ def measure(base: str, agent: Agent, args: argparse.Namespace) -> dict[str, Any]
     out: dict[Any, Any] = {}
     for stream in ([False, True] if args.stream else [False]):
         mode = "stream" if stream else "json"
-        for _ in range(3):  # warm-up: first requests allocate, compile and pick kernels; then a full burst
+        for _unused in range(3):  # warm-up: first requests allocate, compile and pick kernels; then a full burst
             agent.ask(base, stream)
         concurrent(lambda stream=stream: agent.ask(base, stream), max(args.concurrency), 1)
         times, wrong = [], 0
-        for _ in range(args.repeat):
+        for _unused in range(args.repeat):
             start = time.perf_counter()
             wrong += not agent.ask(base, stream)
             times.append(time.perf_counter() - start)
@@ -293,7 +293,7 @@ def measure(base: str, agent: Agent, args: argparse.Namespace) -> dict[str, Any]
         out[mode, "best"] = (1000 * min(times), wrong)
         for n in args.concurrency:
             best, wrong = 0.0, 0
-            for _ in range(args.trials):  # best of: a burst of load elsewhere spoils one run, not the row
+            for _unused in range(args.trials):  # best of: a burst of load elsewhere spoils one run, not the row
                 seconds, bad = concurrent(lambda stream=stream: agent.ask(base, stream), n, args.rounds)
                 best, wrong = max(best, n * args.rounds / seconds), wrong + bad
             out[mode, n] = (best, wrong)

@@ -460,7 +460,7 @@ def _glm_batch(processor, examples, image, eos: int, pad: int) -> dict:
         if with_image:
             grids.append(enc["image_grid_thw"])
             pixels.append(enc["pixel_values"])
-    length = max(len(ids) + len(ans) for ids, _, ans in rows)
+    length = max(len(ids) + len(ans) for ids, _unused, ans in rows)
     input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
     labels = torch.full((len(rows), length), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -538,7 +538,7 @@ def _build_tiny_glm4v(out: Path, seed: int) -> list[str]:
     with torch.no_grad():
         # M-RoPE positions come from the model's own code; the vision tower stays at its seeded random
         # init (only the language model learns), so its output is computed once.
-        batch["position_ids"], _ = model.model.get_rope_index(
+        batch["position_ids"], _unused = model.model.get_rope_index(
             batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
             image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])
         features = torch.cat(model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])

@@ -179,7 +179,7 @@ def test_upstream_served_the_model_once_for_the_fleet_and_once_for_one_node(host
     if name(host) != "hub":
         pytest.skip("counted on the hub")
     fleet_files, fleet_all, fleet_listings = served(hub_lines(host, "prepared", "converged"))
-    repair_files, _, _ = served(hub_lines(host, "converged", "repaired"))
+    repair_files, _unused, _unused = served(hub_lines(host, "converged", "repaired"))
     solo_files, solo_all, solo_listings = served(hub_lines(host, "repaired", "solo"))
     report = {"model_bytes": model_size, "changed_since_v1_bytes": sum(changed_since_v1.values()),
               "fleet_3_nodes": {"file_bytes": fleet_files, "all_bytes": fleet_all, "listing_requests": fleet_listings},

@@ -85,9 +85,9 @@ def test_retry_after_seconds_and_http_date():
 
 
 def test_backoff_is_jittered_exponential_and_honours_retry_after():
-    delays = [hd.backoff_delay(3, 0.5, 30) for _ in range(200)]
+    delays = [hd.backoff_delay(3, 0.5, 30) for _unused in range(200)]
     assert all(0 <= d <= 4.0 for d in delays) and max(delays) > 2.0 and min(delays) < 2.0
-    assert all(hd.backoff_delay(20, 0.5, 30) <= 30 for _ in range(50))
+    assert all(hd.backoff_delay(20, 0.5, 30) <= 30 for _unused in range(50))
     assert hd.backoff_delay(0, 0.5, 30, retry_after=12) == 12
     assert hd.backoff_delay(0, 0.5, 30, retry_after=9999, max_retry_after=60) == 60
 
@@ -148,8 +148,8 @@ def test_file_download_resumes_from_a_planted_record(blob_server, tmp_path):
     result = hd.FileDownload(client, blob_server, str(dest), size=len(BLOB), sha256=sha, credential=lab).run()
     assert dest.read_bytes() == BLOB and result["resumed_bytes"] == (1 << 20) + 4096
     assert result["fetched_bytes"] == len(BLOB) - result["resumed_bytes"]
-    fetched = hd.Intervals([(a, b) for a, b, _ in BlobHandler.served])
-    assert fetched.total() == result["fetched_bytes"] and all(auth == "Bearer s3cret" for *_, auth in BlobHandler.served)
+    fetched = hd.Intervals([(a, b) for a, b, _unused in BlobHandler.served])
+    assert fetched.total() == result["fetched_bytes"] and all(auth == "Bearer s3cret" for *_unused, auth in BlobHandler.served)
     assert not os.path.exists(str(dest) + ".part") and not os.path.exists(str(dest) + ".part.ranges")
 
 

@@ -21,7 +21,7 @@ def test_atomic_write_replaces_whole_with_the_mode_and_leaves_no_temp(tmp_path, 
 def test_atomic_write_that_fails_keeps_the_old_content(tmp_path, monkeypatch):
     target = tmp_path / "state.json"
     target.write_bytes(b"old")
-    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    monkeypatch.setattr(os, "replace", lambda *a: (_unused for _unused in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError):
         _stdlib.atomic_write(str(target), b"new")
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["state.json"]

@@ -65,7 +65,7 @@ def test_half_installed_venv_counts_only_the_records_on_disk(pip_run, tmp_path):
 
 
 def test_collecting_phase_counts_wheels_and_uses_the_hints(pip_run, tmp_path):
-    _, log, venv = pip_run
+    _unused, log, venv = pip_run
     cut = tmp_path / "pip.log"
     lines = log.read_text().splitlines(keepends=True)
     cut.write_text("".join(lines[:next(i for i, line in enumerate(lines) if "Installing collected" in line)]))

@@ -247,7 +247,7 @@ def test_quarantine_moves_only_bad_files(run_module, model):
 
 
 def test_a_good_rerun_is_not_a_change(run_module, model):
-    results = [verify(run_module, model, quarantine=True) for _ in range(2)]
+    results = [verify(run_module, model, quarantine=True) for _unused in range(2)]
     assert [item["changed"] for item in results] == [False, False]
 
 

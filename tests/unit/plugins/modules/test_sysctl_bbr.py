@@ -84,7 +84,7 @@ def run(args: dict, check_mode: bool = False, diff: bool = False, wrap: str = ""
     command = "%s %s %s" % (shlex.quote(sys.executable), shlex.quote(str(MODULE)), shlex.quote(str(args_file)))
     argv = ["sh", "-c", wrap.replace("$MODULE_CMD", command)] if wrap else shlex.split(command)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, PYTHONPATH=str(COLLECTIONS)))
+                          env=dict(os.environ, PYTHONPATH=str(COLLECTIONS)), check=False)
     try:
         result = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:

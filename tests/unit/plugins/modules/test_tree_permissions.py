@@ -75,7 +75,7 @@ def test_unreadable_shard_is_reported_in_check_mode_then_repaired_once(run_modul
 
 
 def test_modes_the_reader_cannot_use_fail_naming_the_entry(run_module, snapshot):
-    _, current = snapshot
+    _unused, current = snapshot
     result = run(run_module, current, reader=NOBODY, file_mode="0640", check_mode=True)
     assert result.get("failed") and "nobody cannot read (r)" in result["msg"], result
     assert "file_mode 0640" in result["msg"]
@@ -92,7 +92,7 @@ def test_a_blocking_parent_folder_is_named(run_module, snapshot):
 
 
 def test_a_reader_that_does_not_exist_yet_is_not_checked(run_module, snapshot):
-    _, current = snapshot
+    _unused, current = snapshot
     result = run(run_module, current, reader="no-such-user-autoglm")
     assert result["_rc"] == 0 and result["reader_checked"] is False and not result.get("warnings")
 
@@ -102,6 +102,6 @@ def test_a_reader_that_does_not_exist_yet_is_not_checked(run_module, snapshot):
     (dict(owner="no-such-user-autoglm"), "does not exist on this host"),
 ])
 def test_bad_inputs_are_refused(run_module, snapshot, args, words):
-    _, current = snapshot
+    _unused, current = snapshot
     result = run(run_module, current, **args)
     assert result.get("failed") and words in result["msg"], result

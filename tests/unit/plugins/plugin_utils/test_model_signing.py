@@ -126,7 +126,7 @@ def test_non_ec_or_garbage_keys_are_refused(tmp_path):
 
 def test_without_cryptography_a_signature_check_says_what_to_install(monkeypatch, signed):
     # The plugin imports without cryptography (ansible-test's import check); the check itself names the package.
-    _, signature, public = signed
+    _unused, signature, public = signed
     monkeypatch.setattr(_model_signing, "CRYPTOGRAPHY_IMPORT_ERROR", ImportError("No module named 'cryptography'"))
     for call in (lambda: _model_signing.load_public_key(public.read_bytes()),
                  lambda: _model_signing.verify_bundle(signature.read_bytes(), None)):
