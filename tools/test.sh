@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every test: lint (ruff, ansible-lint), ansible-doc for each module, unit and integration tests,
-# then each molecule scenario (check -> converge -> idempotence -> verify) on systemd nodes.
+# Every test: lint (ruff, ansible-lint, role READMEs, ansible-test sanity), ansible-doc for each module, unit and
+# integration tests, then each molecule scenario (check -> converge -> idempotence -> verify) on systemd nodes.
 # Sets up what is missing first (tool venv, Docker engine, node image). Run as root.
 #   tools/test.sh                 everything
 #   tools/test.sh --quick         no molecule
@@ -30,6 +30,12 @@ for module in plugins/modules/*.py; do
 done
 log "ansible-lint (production profile)"
 ansible-lint --profile production -q
+log "role READMEs match their meta/argument_specs.yml"
+tools/role_readme.py --check
+log "ansible-test sanity (the collection checks Galaxy and Automation Hub run; exceptions: tests/sanity/ignore-2.X.txt)"
+sanity_started=$SECONDS
+tools/sanity.sh
+echo "  ansible-test sanity passed in $((SECONDS - sanity_started))s"
 lint_seconds=$((SECONDS - run_started))
 # Time per stage, printed as a table at the end (CI's budget is tracked from it).
 timings=()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Poll /health on every node until a stop file appears (or a time limit), one JSON line per round.
 
     poll_health.py OUT STOPFILE URL...     each line: {"t": seconds, "up": [true, false, ...]}

@@ -215,7 +215,7 @@ notes:
 seealso:
   - module: autoglm.deploy.model_verify
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -279,7 +279,7 @@ files:
         kept (already complete), fetched, adopted (on disk with the right hash), linked (from O(reuse_from)),
         or in check mode fetch / link.
       type: str
-    endpoint: {description: Base URL that served it (for kept files, the one recorded)., type: str}
+    endpoint: {description: 'Base URL that served it (for kept files, the one recorded).', type: str}
 fetched:
   description: Paths downloaded by this run (in check mode, that would be).
   returned: always
