@@ -15,7 +15,7 @@ import pytest
 # torch._dynamo first: ansible-core 2.19 replaces sys.intern with a patch object when a test imports its
 # module_utils, and torch._dynamo (imported lazily by transformers' model code) refuses to load after that.
 with contextlib.suppress(ImportError):  # without the model tooling, the tests that need it fail on their own
-    import torch._dynamo  # noqa: F401
+    import torch._dynamo  # noqa: F401  # pylint: disable=unused-import
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTIONS = REPO / "collections"

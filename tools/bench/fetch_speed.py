@@ -267,7 +267,7 @@ def report(args: argparse.Namespace, files: dict, results: dict, resumes: dict, 
 def main() -> int:
     builder = load_builder()
     defaults = module_defaults()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--size", type=builder.parse_size, default=builder.parse_size("2G"),
                         help="size of the large file (default 2G)")
     parser.add_argument("--cap-mbps", type=float, default=40, help="per-connection cap of the capped run, MB/s")

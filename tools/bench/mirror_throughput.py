@@ -137,7 +137,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def main() -> int:
     builder = load_builder()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--size", type=builder.parse_size, default=builder.parse_size("2G"))
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)

@@ -57,7 +57,7 @@ def refuse(base: str, text_bytes: int) -> tuple[int, str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--model", type=Path, help="model directory (default: build the tiny test model)")
     parser.add_argument("--sizes", nargs="+", default=["64K", "1M", "8M"], help="prompt sizes in bytes (K, M suffixes)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra server argument, repeatable")

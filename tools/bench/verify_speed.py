@@ -159,7 +159,7 @@ def run_module(root: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--dir", default="/var/tmp/autoglm-verify-bench")
     parser.add_argument("--large", type=int, default=2)
     parser.add_argument("--large-size", default="1.5G")

@@ -620,7 +620,7 @@ def build_synthetic_snapshot(out_dir: str | os.PathLike, shards: int, shard_size
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     tiny = sub.add_parser("tiny", help="tiny real Qwen2 causal LM")
     tiny.add_argument("out")

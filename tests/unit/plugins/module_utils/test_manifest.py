@@ -32,7 +32,7 @@ def test_round_trip_sorted_and_atomic(tmp_path):
     loaded = _manifest.load(path)
     assert [item["path"] for item in loaded["files"]] == ["b.json", "model.safetensors"]
     assert loaded == _manifest.validate(json.loads((tmp_path / ".autoglm" / "manifest.json").read_text()))
-    assert [name for name in os.listdir(tmp_path / ".autoglm")] == ["manifest.json"]  # no temp file left
+    assert os.listdir(tmp_path / ".autoglm") == ["manifest.json"]  # no temp file left
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -39,13 +39,13 @@ BUFFERS = {"net.core.rmem_max": 268435456, "net.ipv4.tcp_rmem": [4096, 131072, 2
 class Machine:
     """A fake root: proc/sys, etc/sysctl.d, etc/modules-load.d, usr/lib/sysctl.d under tmp_path."""
 
-    def __init__(self, base: Path, values: dict = HOST, container: bool = False):
+    def __init__(self, base: Path, values: dict | None = None, container: bool = False):
         self.base = base
         self.proc_sys = base / "proc" / "sys"
         self.sysctl_d = base / "etc" / "sysctl.d"
         self.modules_d = base / "etc" / "modules-load.d"
         self.vendor_d = base / "usr" / "lib" / "sysctl.d"
-        values = dict(values)
+        values = dict(HOST if values is None else values)
         if container:  # a non-initial network namespace, as a node of the lab shows it
             del values["net/core/default_qdisc"]
             values["net/ipv4/tcp_allowed_congestion_control"] = "reno bbr"
