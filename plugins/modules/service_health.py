@@ -50,8 +50,9 @@ attributes:
     description: Reads only.
   diff_mode:
     support: none
+    description: Reads only; there is nothing to diff.
 author:
-  - autoglm.deploy maintainers
+  - autoglm.deploy maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -170,8 +171,7 @@ def main():
     gave_up, why = judge(props, module.params["max_restarts"])
     status, problem = 0, ""
     if not gave_up and props.get("ActiveState") == "active" and url:
-        status, problem = ask(url, module.params["ca_path"], module.params["validate_certs"],
-                             module.params["timeout"])
+        status, problem = ask(url, module.params["ca_path"], module.params["validate_certs"], module.params["timeout"])
     healthy = not gave_up and props.get("ActiveState") == "active" and (status == 200 or not url)
     if healthy:
         msg = "active and healthy" if url else "active"

@@ -279,17 +279,17 @@ def _lab_screenshot_rgb() -> bytes:
 
     for y in range(h):  # wallpaper: a vertical blue-to-purple gradient
         fill(0, y, w, y + 1, (40 + y * 60 // h, 70, 140 - y * 40 // h))
-    bar = h // 24
-    fill(0, 0, w, bar, (16, 16, 20))  # status bar with a clock and a battery
-    fill(w // 24, bar // 3, w // 6, bar * 2 // 3, (235, 235, 235))
-    fill(w * 5 // 6, bar // 3, w * 23 // 24, bar * 2 // 3, (120, 220, 120))
+    status_bar = h // 24
+    fill(0, 0, w, status_bar, (16, 16, 20))  # status bar with a clock and a battery
+    fill(w // 24, status_bar // 3, w // 6, status_bar * 2 // 3, (235, 235, 235))
+    fill(w * 5 // 6, status_bar // 3, w * 23 // 24, status_bar * 2 // 3, (120, 220, 120))
     colours = [(230, 70, 60), (250, 180, 40), (70, 180, 90), (60, 130, 230), (160, 90, 210),
                (240, 120, 170), (40, 190, 200), (140, 140, 140), (250, 240, 230), (90, 60, 40)]
     cell, icon, dock = w // 4, w * 3 // 16, h * 19 // 24
-    pitch = (dock - bar * 2) // 5
+    pitch = (dock - status_bar * 2) // 5
     for i in range(20):
         col, row = i % 4, i // 4
-        x0, y0 = col * cell + (cell - icon) // 2, bar * 2 + row * pitch
+        x0, y0 = col * cell + (cell - icon) // 2, status_bar * 2 + row * pitch
         colour = colours[i] if i < 10 else tuple(255 - c for c in colours[i - 10])
         fill(x0, y0, x0 + icon, y0 + icon, colour)
         fill(x0 + icon // 8, y0 + icon * 9 // 8, x0 + icon * 7 // 8, y0 + icon * 5 // 4, (245, 245, 245))  # label
@@ -300,8 +300,8 @@ def _lab_screenshot_rgb() -> bytes:
     for i in range(4):
         x0 = i * cell + (cell - icon) // 2
         fill(x0, dock + icon // 4, x0 + icon, dock + icon * 5 // 4, colours[(i * 3) % len(colours)])
-    fill(0, h - bar, w, h, (0, 0, 0))  # navigation bar with a home pill
-    fill(w * 3 // 8, h - bar * 3 // 5, w * 5 // 8, h - bar * 2 // 5, (230, 230, 230))
+    fill(0, h - status_bar, w, h, (0, 0, 0))  # navigation bar with a home pill
+    fill(w * 3 // 8, h - status_bar * 3 // 5, w * 5 // 8, h - status_bar * 2 // 5, (230, 230, 230))
     return bytes(img)
 
 
