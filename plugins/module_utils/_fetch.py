@@ -189,7 +189,7 @@ class Fetcher:
     def listing_error(self, errors: list, rev: str) -> FetchError:
         lines = ["%s: %s" % (strip_credentials(endpoint), self.hub.not_found(exc, rev) if exc.kind == "not_found"
                              else exc.message) for endpoint, exc in errors]
-        kinds = {exc.kind for _, exc in errors}
+        kinds = {exc.kind for _endpoint, exc in errors}
         hint = ""
         if kinds <= {"network"}:
             hint = " None of the endpoints could be reached: check DNS, routes, proxy settings and that the mirror runs."
@@ -228,8 +228,9 @@ class Fetcher:
                     return self.result(commit=commit, files=files, bytes_total=sum(e["size"] for e in manifest["files"]))
                 if p["offline"]:
                     raise FetchError("offline: %d file(s) of %s@%s are missing or incomplete in %s and offline=true "
-                                     "forbids downloading them: %s" % (len(missing), self.repo_id, commit, self.dest,
-                                                                        ", ".join(missing[:20])), missing=missing)
+                                     "forbids downloading them: %s"
+                                     % (len(missing), self.repo_id, commit, self.dest, ", ".join(missing[:20])),
+                                     missing=missing)
             elif p["offline"]:
                 raise FetchError("offline: %s holds no complete snapshot of %s%s with these patterns (no manifest or "
                                  "another commit); run once online first" % (self.dest, self.repo_id,
@@ -327,7 +328,7 @@ class Fetcher:
                         break
                     continue
                 got["endpoint"] = strip_credentials(endpoint)
-                got["failed_endpoints"] = [strip_credentials(e) for e, _ in tried]
+                got["failed_endpoints"] = [strip_credentials(e) for e, _error in tried]
                 progress.file_done(path)
                 return path, got, None
             return path, None, tried
@@ -359,8 +360,8 @@ class Fetcher:
             for endpoint, exc in tried:
                 text = exc.message
                 if exc.kind == "not_found":
-                    text = "file %s not found in %s@%s (%s)" % (path, self.repo_id, self.params["commit"] or self.revision,
-                                                                 exc.message)
+                    text = "file %s not found in %s@%s (%s)" % (
+                        path, self.repo_id, self.params["commit"] or self.revision, exc.message)
                 lines.append("%s via %s: %s" % (path, strip_credentials(endpoint), text))
                 if exc.kind == "disk" and exc.needed_bytes:
                     needed += exc.needed_bytes
@@ -391,8 +392,8 @@ def run_module(module) -> None:
     except (_manifest.ManifestError, _http_download.DownloadError, ValueError) as exc:
         module.fail_json(msg=scrub(str(exc)), **fetcher.result())
     except OSError as exc:
-        module.fail_json(msg=scrub("model_fetch failed on %s: %s" % (getattr(exc, "filename", None) or fetcher.dest,
-                                                                      exc.strerror or exc)), **fetcher.result())
+        where = getattr(exc, "filename", None) or fetcher.dest
+        module.fail_json(msg=scrub("model_fetch failed on %s: %s" % (where, exc.strerror or exc)), **fetcher.result())
     diff = result.pop("diff", None)
     if diff is not None:
         result["diff"] = diff

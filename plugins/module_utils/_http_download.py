@@ -372,7 +372,7 @@ class Client:
     def open(self, method: str, url: str, headers: dict | None = None, body: bytes | None = None,
              credential: Credential | None = None) -> Response:
         """Send one request (following redirects); network failures raise a retryable DownloadError."""
-        for _ in range(MAX_REDIRECTS + 1):
+        for _hop in range(MAX_REDIRECTS + 1):
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https"):
                 raise DownloadError("unsupported URL scheme in %s (http or https only)" % redact_url(url), "http")
@@ -912,7 +912,7 @@ class FileDownload:
         workers = 1 if self.single_stream else max(1, min(self.settings.connections, len(chunks)))
         if workers == 1:
             # One stream: ask for everything that is missing from the first gap on; a plain GET from zero.
-            chunks = [(a, b) for a, b in done.missing(self.size)]
+            chunks = list(done.missing(self.size))
         queue = list(reversed(chunks))
         queue_lock = threading.Lock()
         errors: list[BaseException] = []
@@ -1073,4 +1073,3 @@ class FileDownload:
         resp.release()
         self.size = hasher.fed
         return hasher.hexdigests()
-

@@ -85,4 +85,3 @@ def add_entry(files: dict, path: str, info: dict, where: str) -> None:
 def short(value) -> str:
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
-

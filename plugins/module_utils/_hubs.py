@@ -175,8 +175,8 @@ class ModelScope(Hub):
                                                    "not_found" if data.get("Code") == 404 else "http")
 
     def file_urls(self, endpoints: list, path: str, commit: str) -> list:
-        return [(e, "%s/api/v1/models/%s/repo?Revision=%s&FilePath=%s" % (e, self.repo_id, quote(commit, safe=""),
-                                                                           quote(path, safe=""))) for e in endpoints]
+        query = "Revision=%s&FilePath=%s" % (quote(commit, safe=""), quote(path, safe=""))
+        return [(e, "%s/api/v1/models/%s/repo?%s" % (e, self.repo_id, query)) for e in endpoints]
 
     @staticmethod
     def error_text(data: dict):
