@@ -145,7 +145,7 @@ def ask(url: str, ca_path: str | None, validate_certs: bool, timeout: int) -> tu
     except Exception as exc:  # every failure of one poll is "no answer yet"
         code = getattr(exc, "code", None)
         if isinstance(code, int):
-            return code, "answered %d" % code
+            return code, "answered " + str(code)
         return 0, "no answer (%s)" % (getattr(exc, "reason", None) or exc)
 
 
