@@ -12,6 +12,9 @@ import hashlib
 import json
 import re
 
+# The environment every pip and probe run gets: C locale (messages are parsed), no version check, no prompt.
+ENV = {"LC_ALL": "C", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+
 # name[extras]==version[; markers] - an exact pin. "===" (arbitrary equality) counts too.
 # Where pip gets packages: the options of every pip-driving module (documented once, doc fragment pip_sources).
 SOURCE_ARGUMENT_SPEC = {

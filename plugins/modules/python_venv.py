@@ -205,7 +205,6 @@ from ansible_collections.autoglm.deploy.plugins.module_utils import _pip
 MARKER = ".autoglm-venv.json"
 LINK = "current"
 NAME = re.compile(r"^[0-9a-f]{12}$")
-ENV = {"LC_ALL": "C", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
 
 PROBE = ("import json, platform, sys, sysconfig; print(json.dumps({'version': platform.python_version(), "
          "'implementation': sys.implementation.name, 'platform': sysconfig.get_platform()}))")
@@ -252,7 +251,7 @@ class VenvManager:
         python = wanted if os.path.isabs(wanted) else self.module.get_bin_path(wanted)
         if not python or not os.access(python, os.X_OK):
             self.module.fail_json(msg="python '%s' was not found on the host; install it or set python to its path" % wanted)
-        rc, out, err = self.module.run_command([python, "-c", PROBE], environ_update=ENV)
+        rc, out, err = self.module.run_command([python, "-c", PROBE], environ_update=_pip.ENV)
         if rc != 0:
             self.module.fail_json(msg="python '%s' does not run: %s" % (python, (err or out).strip()))
         return python, json.loads(out.strip().splitlines()[-1])
@@ -346,7 +345,7 @@ class VenvManager:
 
     # ---- actions ------------------------------------------------------------------------------
     def run(self, args: list) -> tuple:
-        rc, out, err = self.module.run_command(args, environ_update=ENV)
+        rc, out, err = self.module.run_command(args, environ_update=_pip.ENV)
         return rc, (out or "") + (err or "")
 
     def pip(self, venv: str, args: list) -> tuple:
@@ -421,7 +420,7 @@ class VenvManager:
             raise BuildError("torch in %s cannot use CUDA (torch.cuda.is_available() is false, torch built for CUDA %s); "
                              "install the torch build matching the driver or set require_cuda false" % (
                                  venv, (report["cuda"] or {}).get("torch_cuda")), "torch", out)
-        marker = {"hash": inputs_hash(inputs), "inputs": inputs, "versions": report["versions"],
+        marker = {"hash": _pip.inputs_hash(inputs), "inputs": inputs, "versions": report["versions"],
                   "imports": report["imports"], "cuda": report["cuda"], "built_at": time.time()}
         fd, tmp = tempfile.mkstemp(dir=venv, prefix=".marker.")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -456,10 +455,6 @@ class VenvManager:
 
 def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def inputs_hash(inputs: dict) -> str:
-    return _pip.inputs_hash(inputs)
 
 
 def main():
@@ -500,7 +495,7 @@ def main():
     manager = VenvManager(module)
     python, info = manager.interpreter()
     inputs = manager.inputs(python, info)
-    digest = inputs_hash(inputs)
+    digest = _pip.inputs_hash(inputs)
     name = digest[:12]
     venv = os.path.join(manager.path, name)
     previous = manager.current_name()

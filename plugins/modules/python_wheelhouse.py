@@ -140,7 +140,6 @@ from ansible_collections.autoglm.deploy.plugins.module_utils import _pip
 
 MANIFEST = "manifest.json"
 NAME = re.compile(r"^[0-9a-f]{12}$")
-ENV = {"LC_ALL": "C", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
 PROBE = "import json, platform, sysconfig; print(json.dumps([platform.python_version(), sysconfig.get_platform()]))"
 
 
@@ -197,7 +196,7 @@ def main():
     python = p["python"] or sys.executable
     if not os.path.isabs(python):
         python = module.get_bin_path(python, required=True)
-    rc, out, err = module.run_command([python, "-c", PROBE], environ_update=ENV)
+    rc, out, err = module.run_command([python, "-c", PROBE], environ_update=_pip.ENV)
     if rc != 0:
         module.fail_json(msg="python '%s' does not run: %s" % (python, (err or out).strip()))
     here_version, here_platform = json.loads(out.strip().splitlines()[-1])
@@ -241,7 +240,7 @@ def main():
         args += _pip.source_args(p["index_url"], p["extra_index_urls"], p["find_links"], p["no_index"],
                                  p["trusted_hosts"], p["cert"], p["timeout"], p["retries"])
         result["pip_runs"] = 1
-        rc, out, err = module.run_command(args, environ_update=ENV)
+        rc, out, err = module.run_command(args, environ_update=_pip.ENV)
         output = (out or "") + (err or "")
         if rc != 0:
             urls = [] if p["no_index"] else ([p["index_url"]] if p["index_url"] else []) + list(p["extra_index_urls"])
