@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run molecule for one scenario with the project's tools and settings:
 #   tools/molecule.sh SCENARIO [test|converge|verify|destroy|...]
-# Scenarios share node names and this machine's two cores, so runs are serialised with a lock.
+# Scenarios on the same Docker network share node names and addresses, so their runs are serialised with
+# a lock per network: the default scenario's fleet and the role scenarios' nodes (role-*) are on two
+# networks and run side by side (tools/test.sh).
 source "$(dirname "$0")/lab/lib.sh"
 scenario="${1:?usage: tools/molecule.sh SCENARIO [ACTION]}"
 action="${2:-test}"
@@ -19,14 +21,25 @@ export NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
 export MOLECULE_EPHEMERAL_DIRECTORY="$REPO_ROOT/.cache/molecule/$scenario"
 export ANSIBLE_SSH_CONTROL_PATH_DIR="$MOLECULE_EPHEMERAL_DIRECTORY/cp"
 cd "$REPO_ROOT"
+# The scenario's network and subnet: its own platforms' if it lists them, else the shared ones.
+read -r network subnet < <(python3 - "$scenario" <<'PY'
+import sys, yaml
+scenario = yaml.safe_load(open("molecule/%s/molecule.yml" % sys.argv[1])) or {}
+platforms = scenario.get("platforms") or yaml.safe_load(open(".config/molecule/config.yml"))["platforms"]
+net = platforms[0]["docker_networks"][0]
+print(net["name"], net["ipam_config"][0]["subnet"])
+PY
+)
+export AUTOGLM_MOLECULE_NETWORK="$network" AUTOGLM_MOLECULE_SUBNET="$subnet"
+lock="/var/lock/$network.lock"
 if [ "$action" = test ]; then
-  # Leftover nodes of an interrupted run (every scenario's nodes join this network), removed under the lock;
-  # the network too when it lacks the fixed subnet the nodes' addresses need (.config/molecule/ssh_config).
-  exec flock /var/lock/autoglm-molecule.lock bash -c '
+  # Leftover nodes of an interrupted run (every scenario's nodes join their lane's network), removed under
+  # the lock; the network too when it lacks the fixed subnet the nodes' addresses need (.config/molecule/ssh_config).
+  exec flock "$lock" bash -c '
     rm -rf "$MOLECULE_EPHEMERAL_DIRECTORY"
-    docker ps -aq --filter network=autoglm-molecule | xargs -r docker rm -f >/dev/null
-    subnet="$(docker network inspect -f "{{range .IPAM.Config}}{{.Subnet}}{{end}}" autoglm-molecule 2>/dev/null || true)"
-    if [ -n "$subnet" ] && [ "$subnet" != 10.77.20.0/24 ]; then docker network rm autoglm-molecule >/dev/null; fi
+    docker ps -aq --filter "network=$AUTOGLM_MOLECULE_NETWORK" | xargs -r docker rm -f >/dev/null
+    subnet="$(docker network inspect -f "{{range .IPAM.Config}}{{.Subnet}}{{end}}" "$AUTOGLM_MOLECULE_NETWORK" 2>/dev/null || true)"
+    if [ -n "$subnet" ] && [ "$subnet" != "$AUTOGLM_MOLECULE_SUBNET" ]; then docker network rm "$AUTOGLM_MOLECULE_NETWORK" >/dev/null; fi
     exec molecule test -s "$1"' _ "$scenario"
 fi
-exec flock /var/lock/autoglm-molecule.lock molecule "$action" -s "$scenario"
+exec flock "$lock" molecule "$action" -s "$scenario"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: lint (ruff, ansible-lint, role READMEs, ansible-test sanity), ansible-doc for each module, unit and
-# integration tests, then each molecule scenario (check -> converge -> idempotence -> verify) on systemd nodes.
+# integration tests, and each molecule scenario (check -> converge -> idempotence -> verify) on systemd nodes,
+# in two lanes side by side (the default scenario's fleet; the tests, then the role scenarios).
 # Sets up what is missing first (tool venv, Docker engine, node image). Run as root.
 #   tools/test.sh                 everything
 #   tools/test.sh --quick         no molecule
@@ -37,18 +38,19 @@ sanity_started=$SECONDS
 tools/sanity.sh
 echo "  ansible-test sanity passed in $((SECONDS - sanity_started))s"
 lint_seconds=$((SECONDS - run_started))
-# Time per stage, printed as a table at the end (CI's budget is tracked from it).
-timings=()
-record() { timings+=("$(printf '%-28s %6ss  %s' "$1" "$2" "$3")"); }
+# Time per stage, printed as a table at the end (CI's budget is tracked from it). The lanes run in the
+# background, so each stage appends "name|seconds|result" to a file.
+results="$REPO_ROOT/.cache/test-stages"
+: > "$results"
+record() { printf '%s|%s|%s\n' "$1" "$2" "$3" >> "$results"; }
 print_timings() {
   echo "stage                         seconds  result"
   printf '%-28s %6ss  %s\n' "tool venv and lint" "$lint_seconds" passed
-  printf '%s\n' "${timings[@]}"
+  while IFS='|' read -r name seconds result; do printf '%-28s %6ss  %s\n' "$name" "$seconds" "$result"; done < "$results"
   echo "total                         $((SECONDS - run_started))s"
 }
 
-# pytest runs beside molecule when both run: molecule waits on containers and leaves a core idle half the
-# time. Exit 5 means no test ran: that is a failure here, not a pass.
+# Exit 5 means no test ran: that is a failure here, not a pass.
 run_pytest() { pytest -q -p no:cacheprovider -n 2 --durations=15 tests; }
 if [ "$quick" -eq 1 ]; then
   log "unit and integration tests"
@@ -57,40 +59,71 @@ if [ "$quick" -eq 1 ]; then
 fi
 ensure_docker
 ensure_node_image
-log "unit and integration tests (in the background, log: .cache/pytest.log)"
-pytest_started=$SECONDS
-run_pytest > "$REPO_ROOT/.cache/pytest.log" 2>&1 &
-pytest_pid=$!
+# Made once here, before the lanes start, so two scenarios never make them at the same time.
+ensure_lab_pki
+ensure_lab_ssh_key
+ensure_cpu_torch_wheels "$TOOL_VENV/bin/pip"
+
+run_scenario() {
+  local scenario="$1" start=$SECONDS
+  if "$REPO_ROOT/tools/molecule.sh" "$scenario" test > "$REPO_ROOT/.cache/molecule-$scenario.log" 2>&1; then
+    echo "  molecule $scenario passed in $((SECONDS - start))s"
+    record "molecule $scenario" "$((SECONDS - start))" passed
+  else
+    echo "  molecule $scenario FAILED in $((SECONDS - start))s (log: .cache/molecule-$scenario.log)"
+    record "molecule $scenario" "$((SECONDS - start))" FAILED
+  fi
+}
+run_pytest_stage() {
+  local start=$SECONDS
+  if run_pytest > "$REPO_ROOT/.cache/pytest.log" 2>&1; then
+    echo "  unit and integration tests passed in $((SECONDS - start))s"
+    record "unit and integration tests" "$((SECONDS - start))" passed
+  else
+    echo "  unit and integration tests FAILED in $((SECONDS - start))s (log: .cache/pytest.log)"
+    record "unit and integration tests" "$((SECONDS - start))" FAILED
+  fi
+}
+
+# Two lanes on two Docker networks (tools/molecule.sh locks per network): the default scenario's fleet, the
+# longest stage, and beside it the unit and integration tests, then the role scenarios (role-* nodes). On
+# two cores this fills the time molecule spends waiting on nodes, and CI takes the longer lane, not the sum.
 if [ "${#scenarios[@]}" -eq 0 ]; then
   for dir in molecule/*/; do scenarios+=("$(basename "$dir")"); done
 fi
-failed=()
+fleet_lane=(); role_lane=()
 for scenario in "${scenarios[@]}"; do
-  log "molecule scenario: $scenario"
-  start=$SECONDS
-  if "$REPO_ROOT/tools/molecule.sh" "$scenario" test > "$REPO_ROOT/.cache/molecule-$scenario.log" 2>&1; then
-    echo "  passed in $((SECONDS - start))s"
-    record "molecule $scenario" "$((SECONDS - start))" passed
-  else
-    # The first failures say why; the last lines are mostly the destroy that follows them.
-    echo "  FAILED in $((SECONDS - start))s; first failures in .cache/molecule-$scenario.log:"
-    grep -n -m 20 -A 12 -E '^(fatal|failed):|UNREACHABLE!|^E  |^FAILED [^-]|^ERROR ' "$REPO_ROOT/.cache/molecule-$scenario.log" | head -n 120
-    echo "  last lines:"
-    tail -n 25 "$REPO_ROOT/.cache/molecule-$scenario.log"
-    record "molecule $scenario" "$((SECONDS - start))" FAILED
-    failed+=("$scenario")
-  fi
+  if [ "$scenario" = default ]; then fleet_lane+=("$scenario"); else role_lane+=("$scenario"); fi
 done
-if wait "$pytest_pid"; then
+log "molecule scenarios: ${fleet_lane[*]:-none} | unit and integration tests, then ${role_lane[*]:-none}"
+(for scenario in "${fleet_lane[@]}"; do run_scenario "$scenario"; done) &
+fleet_pid=$!
+(run_pytest_stage; for scenario in "${role_lane[@]}"; do run_scenario "$scenario"; done) &
+role_pid=$!
+wait "$fleet_pid" "$role_pid" || true
+
+# Why each failed stage failed, after both lanes are done so the lines do not interleave.
+failed=()
+while IFS='|' read -r name _ result; do
+  [ "$result" = FAILED ] || continue
+  if [ "$name" = "unit and integration tests" ]; then
+    echo "unit and integration tests FAILED; last lines of .cache/pytest.log:"
+    tail -n 80 "$REPO_ROOT/.cache/pytest.log"
+    failed+=(pytest)
+    continue
+  fi
+  scenario="${name#molecule }"
+  # The first failures say why; the last lines are mostly the destroy that follows them.
+  echo "molecule $scenario FAILED; first failures in .cache/molecule-$scenario.log:"
+  grep -n -m 20 -A 12 -E '^(fatal|failed):|UNREACHABLE!|^E  |^FAILED [^-]|^ERROR ' "$REPO_ROOT/.cache/molecule-$scenario.log" | head -n 120
+  echo "  last lines:"
+  tail -n 25 "$REPO_ROOT/.cache/molecule-$scenario.log"
+  failed+=("$scenario")
+done < "$results"
+if grep -q '^unit and integration tests|.*|passed$' "$results"; then
   # The slowest tests, for the time budget (pytest's --durations table).
   sed -n '/slowest 15 durations/,/^$/p' "$REPO_ROOT/.cache/pytest.log"
   tail -n 1 "$REPO_ROOT/.cache/pytest.log"
-  record "unit and integration tests" "$((SECONDS - pytest_started))" "passed (ran beside molecule)"
-else
-  echo "unit and integration tests FAILED; last lines of .cache/pytest.log:"
-  tail -n 80 "$REPO_ROOT/.cache/pytest.log"
-  record "unit and integration tests" "$((SECONDS - pytest_started))" "FAILED (ran beside molecule)"
-  failed+=(pytest)
 fi
 print_timings
 if [ "${#failed[@]}" -gt 0 ]; then

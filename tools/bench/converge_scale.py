@@ -49,6 +49,11 @@ def write_inventory(root: Path, nodes: int) -> Path:
 def playbook(path: str, inventory: Path, work: Path, label: str) -> dict:
     report, audit = work / ("%s.json" % label), work / ("%s.audit.jsonl" % label)
     env = dict(os.environ, AUTOGLM_AUDIT_LOG=str(audit), ANSIBLE_CACHE_PLUGIN="memory")
+    # The lab inventory finds its cache, CA and SSH key beside itself unless told; this one is a copy in a
+    # temporary folder, so point it at the lab's (as tools/lab/lib.sh does).
+    for name, default in (("AUTOGLM_LAB_DIR", ".cache/lab"), ("AUTOGLM_LAB_PKI", ".cache/lab/pki"),
+                          ("AUTOGLM_LAB_SSH", ".cache/lab/ssh")):
+        env.setdefault(name, str(REPO / default))
     proc = subprocess.run([PYTHON, str(REPO / "tools/lab/run_playbook.py"), path, "-i", str(inventory),
                            "--report", str(report)], cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

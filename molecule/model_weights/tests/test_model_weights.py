@@ -1,6 +1,6 @@
 """State after converge and the drift repair: per-commit folders, verified current links, quarantine, upstream bytes.
 
-The hub stands in for upstream (tag v1 = 1111..., branch main = 2222...); mirror1 is the seed and mirror.
+The hub stands in for upstream (tag v1 = 1111..., branch main = 2222...); role-mirror1 is the seed and mirror.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 V1, V2 = "1" * 40, "2" * 40
 ROOT = "/srv/models/tiny"
 SHARD = "model-00002-of-00003.safetensors"
-GPU_NODES = ("node1", "node2", "node3")
+GPU_NODES = ("role-node1", "role-node2", "role-node3")
 LINE = re.compile(r'^\S+ "(?P<method>[A-Z]+) (?P<path>\S+)" (?P<status>\d{3}) (?P<bytes>\d+)$')
 
 
@@ -38,7 +38,7 @@ def manifest(host, folder):
 
 def hub_lines(host, after: str, until: str | None):
     """Access-log lines of the hub between two marks written by mark_hub_log.yml."""
-    hub = other(host, "hub")
+    hub = other(host, "role-hub")
     cursors = {m: hub.file("/var/lib/hub-mark-%s.cursor" % m).content_string.strip() for m in (after, until) if m}
     cmd = "journalctl -u autoglm-mirror -o cat --no-pager"
     if cursors[after]:
@@ -58,20 +58,20 @@ def served(lines):
 
 @pytest.fixture(scope="module")
 def model_size(host):
-    return sum(int(s) for s in other(host, "hub").check_output(
+    return sum(int(s) for s in other(host, "role-hub").check_output(
         "find /srv/incoming/v2 -type f -printf '%s\\n'").split())
 
 
 @pytest.fixture(scope="module")
 def changed_since_v1(host):
     """v2's files whose bytes differ from v1's: all a node already running v1 needs to download."""
-    hub = other(host, "hub")
+    hub = other(host, "role-hub")
     old, new = sha256s(hub, "/srv/incoming/v1"), sha256s(hub, "/srv/incoming/v2")
     return {path: hub.file("/srv/incoming/v2/" + path).size for path, digest in new.items() if old.get(path) != digest}
 
 
 def test_current_points_at_the_new_revision(host):
-    if name(host) == "hub":
+    if name(host) == "role-hub":
         pytest.skip("the hub is upstream, it holds no deployment")
     link = host.file(ROOT + "/current")
     assert link.is_symlink and link.linked_to == "%s/%s" % (ROOT, V2)
@@ -81,8 +81,8 @@ def test_current_points_at_the_new_revision(host):
 
 
 def test_every_file_and_folder_of_current_is_root_owned_and_world_readable(host):
-    """node2's shard made 0600 and config.json given to nobody (side_effect) are back to the role's modes."""
-    if name(host) == "hub":
+    """role-node2's shard made 0600 and config.json given to nobody (side_effect) are back to the role's modes."""
+    if name(host) == "role-hub":
         pytest.skip("the hub is upstream, it holds no deployment")
     listing = host.check_output("find -L %s/current \\( -type f -printf 'f %%m %%u:%%g %%P\\n' \\) -o "
                                 "\\( -type d -printf 'd %%m %%u:%%g %%P\\n' \\)", ROOT)
@@ -92,16 +92,16 @@ def test_every_file_and_folder_of_current_is_root_owned_and_world_readable(host)
 
 
 def test_previous_revision_is_kept_once(host):
-    if name(host) == "hub":
+    if name(host) == "role-hub":
         pytest.skip("the hub is upstream")
     entries = sorted(host.check_output("ls -A %s", ROOT).split())
     assert entries == sorted([V1, V2, "current"])
 
 
 def test_current_holds_exactly_the_hubs_files(host):
-    if name(host) == "hub":
+    if name(host) == "role-hub":
         pytest.skip("the hub is upstream")
-    expected = sha256s(other(host, "hub"), "/srv/incoming/v2")
+    expected = sha256s(other(host, "role-hub"), "/srv/incoming/v2")
     assert sha256s(host, ROOT + "/current/") == expected
     recorded = manifest(host, ROOT + "/" + V2)
     assert recorded["commit"] == V2 and recorded["repo_id"] == "test-org/tiny"
@@ -111,7 +111,7 @@ def test_current_holds_exactly_the_hubs_files(host):
 
 
 def test_files_v1_already_had_were_linked_not_downloaded(host, changed_since_v1):
-    if name(host) == "hub":
+    if name(host) == "role-hub":
         pytest.skip("the hub is upstream")
     same = sorted(set(sha256s(host, "%s/%s" % (ROOT, V2))) - set(changed_since_v1))
     assert same and len(changed_since_v1) >= 3, "the two revisions should share some files and differ in others"
@@ -121,15 +121,15 @@ def test_files_v1_already_had_were_linked_not_downloaded(host, changed_since_v1)
 
 
 def test_nodes_fetched_from_the_mirror_and_the_seed_from_upstream(host):
-    if name(host) == "hub":
+    if name(host) == "role-hub":
         pytest.skip("the hub is upstream")
     endpoints = {f["endpoint"] for f in manifest(host, ROOT + "/" + V2)["files"]}
-    assert endpoints == ({"http://hub:8090"} if name(host) == "mirror1" else {"http://mirror1:8090"})
+    assert endpoints == ({"http://role-hub:8090"} if name(host) == "role-mirror1" else {"http://role-mirror1:8090"})
 
 
 def test_mirror_serves_the_published_revision(host):
-    if name(host) != "mirror1":
-        pytest.skip("mirror1 is the mirror")
+    if name(host) != "role-mirror1":
+        pytest.skip("role-mirror1 is the mirror")
     refs = json.loads(host.file("/srv/autoglm-mirror/repos/test-org/tiny/refs.json").content_string)
     assert refs["branches"]["main"] == V2 and refs["branches"]["v1"] == V1
     # Published as a copy of its own (one inode for both let one corruption hit the seed and the mirror), with the
@@ -147,13 +147,13 @@ def test_corrupted_shard_was_quarantined_and_only_it_refetched(host):
     folder = "%s/%s" % (ROOT, V2)
     quarantined = host.check_output("find %s/.autoglm/quarantine -type f -printf '%%P\\n' 2>/dev/null || true", folder)
     fetched_at = {f["path"]: f["fetched_at"] for f in manifest(host, folder)["files"]}
-    if name(host) != "node2":
+    if name(host) != "role-node2":
         assert quarantined == ""
         assert len(set(fetched_at.values())) == 1  # one download, nothing fetched again
         return
     assert [line.split("/", 1)[1] for line in quarantined.splitlines()] == [SHARD]
     bad = host.check_output("sha256sum %s/.autoglm/quarantine/%s", folder, quarantined.strip()).split()[0]
-    good = sha256s(other(host, "hub"), "/srv/incoming/v2")[SHARD]
+    good = sha256s(other(host, "role-hub"), "/srv/incoming/v2")[SHARD]
     assert bad != good
     assert max(fetched_at, key=fetched_at.get) == SHARD and len(set(fetched_at.values())) == 2
     status = json.loads(host.file(folder + "/.autoglm/fetch-status.json").content_string)
@@ -164,7 +164,7 @@ def test_corrupted_shard_was_quarantined_and_only_it_refetched(host):
 
 def test_current_only_ever_held_verified_weights(host):
     """model_verify's cache vouches for the exact files in place (same inode, same hash) in the current revision."""
-    if name(host) == "hub":
+    if name(host) == "role-hub":
         pytest.skip("the hub is upstream")
     folder = "%s/%s" % (ROOT, V2)
     cache = json.loads(host.file(folder + "/.autoglm/verify-cache.json").content_string)["files"]
@@ -176,7 +176,7 @@ def test_current_only_ever_held_verified_weights(host):
 
 
 def test_upstream_served_the_model_once_for_the_fleet_and_once_for_one_node(host, model_size, changed_since_v1):
-    if name(host) != "hub":
+    if name(host) != "role-hub":
         pytest.skip("counted on the hub")
     fleet_files, fleet_all, fleet_listings = served(hub_lines(host, "prepared", "converged"))
     repair_files, _unused, _unused = served(hub_lines(host, "converged", "repaired"))
@@ -188,7 +188,7 @@ def test_upstream_served_the_model_once_for_the_fleet_and_once_for_one_node(host
     out = os.path.join(os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."), ".cache", "model_weights-upstream-bytes.json")
     with open(out, "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=1)
-    # The seed alone, once, and only what v1 lacked: the nodes fetched from mirror1, the rest was linked.
+    # The seed alone, once, and only what v1 lacked: the nodes fetched from role-mirror1, the rest was linked.
     assert fleet_files == sum(changed_since_v1.values())
     assert solo_files == model_size
-    assert repair_files == 0  # node2's shard came from the mirror
+    assert repair_files == 0  # role-node2's shard came from the mirror

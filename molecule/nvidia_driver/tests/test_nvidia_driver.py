@@ -1,7 +1,7 @@
-"""State on the nodes after converge (580.95.05 pinned), idempotence, and node1's upgrade by pin (580.105.08).
+"""State on the nodes after converge (580.95.05 pinned), idempotence, and role-node1's upgrade by pin (580.105.08).
 
-node1: recorded HGX H100 (NVSwitch) with a loaded 580.95.05 module; node2: cards bound to nouveau;
-node3: the mirror, no GPU (skipped by the role).
+role-node1: recorded HGX H100 (NVSwitch) with a loaded 580.95.05 module; role-node2: cards bound to nouveau;
+role-node3: the mirror, no GPU (skipped by the role).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-MIRROR = "http://node3:8080"
+MIRROR = "http://role-node3:8080"
 DRIVER_PACKAGES = ["nvidia-open-580", "nvidia-persistenced"]
 
 
@@ -18,8 +18,8 @@ def name(host) -> str:
 
 
 def gpu_node(host) -> None:
-    if name(host) == "node3":
-        pytest.skip("node3 has no GPU")
+    if name(host) == "role-node3":
+        pytest.skip("role-node3 has no GPU")
 
 
 def dpkg(host, package: str) -> tuple[str, str]:
@@ -34,7 +34,7 @@ def local_fact(host) -> dict:
 
 
 def expected_driver(host) -> str:
-    return "580.105.08-1" if name(host) == "node1" else "580.95.05-1"
+    return "580.105.08-1" if name(host) == "role-node1" else "580.95.05-1"
 
 
 def test_no_node_was_rebooted(host):
@@ -63,9 +63,9 @@ def test_driver_packages_at_the_pinned_version_and_held(host):
 
 
 def test_the_pin_keeps_apt_from_moving_the_driver(host):
-    # node2 is pinned to 580.95.05 while the mirror also offers 580.105.08.
-    if name(host) != "node2":
-        pytest.skip("node2 keeps the first pin")
+    # role-node2 is pinned to 580.95.05 while the mirror also offers 580.105.08.
+    if name(host) != "role-node2":
+        pytest.skip("role-node2 keeps the first pin")
     policy = host.check_output("apt-cache policy nvidia-open-580")
     assert "Candidate: 580.95.05-1" in policy and "580.105.08-1 500" in policy
     upgrade = host.check_output("apt-get -s -o Debug::NoLocking=1 dist-upgrade")
@@ -73,8 +73,8 @@ def test_the_pin_keeps_apt_from_moving_the_driver(host):
 
 
 def test_upgrade_by_changing_the_pin(host):
-    if name(host) != "node1":
-        pytest.skip("node1 is upgraded by side_effect")
+    if name(host) != "role-node1":
+        pytest.skip("role-node1 is upgraded by side_effect")
     log = host.file("/var/log/dpkg.log").content_string
     assert "upgrade nvidia-open-580:amd64 580.95.05-1 580.105.08-1" in log
     assert "upgrade nvidia-fabricmanager-580:amd64 580.95.05-1 580.105.08-1" in log
@@ -91,13 +91,13 @@ def test_persistenced_enabled_and_started_only_without_a_pending_reboot(host):
     gpu_node(host)
     service = host.service("nvidia-persistenced")
     assert service.is_enabled
-    # node1 started it at 580.95.05 before its upgrade; node2 waits for the reboot that unbinds nouveau.
-    assert service.is_running is (name(host) == "node1")
+    # role-node1 started it at 580.95.05 before its upgrade; role-node2 waits for the reboot that unbinds nouveau.
+    assert service.is_running is (name(host) == "role-node1")
 
 
 def test_fabric_manager_only_where_nvswitches_are(host):
     gpu_node(host)
-    if name(host) == "node1":
+    if name(host) == "role-node1":
         assert dpkg(host, "nvidia-fabricmanager-580") == ("580.105.08-1", "hi")
         assert host.service("nvidia-fabricmanager").is_enabled
     else:
@@ -123,7 +123,7 @@ def test_reboot_required_is_reported_not_done(host):
     gpu_node(host)
     fact = local_fact(host)
     assert fact["reboot_required"] is True
-    if name(host) == "node1":
+    if name(host) == "role-node1":
         # The upgrade left the 580.95.05 module loaded: the Open-AutoGLM "version mismatch".
         assert fact["installed_version"] == "580.105.08" and fact["loaded_version"] == "580.95.05"
         assert fact["fabricmanager"] is True
@@ -136,8 +136,8 @@ def test_reboot_required_is_reported_not_done(host):
 
 
 def test_driver_info_compares_loaded_module_and_package(host):
-    if name(host) != "node1":
-        pytest.skip("node1 has the recorded loaded module")
+    if name(host) != "role-node1":
+        pytest.skip("role-node1 has the recorded loaded module")
     args = {"package": "nvidia-open-580", "loaded_version_file": "/opt/autoglm-fixtures/loaded-module/version"}
     info = host.ansible("autoglm.deploy.nvidia_driver_info", json.dumps(args), check=True)
     assert info["installed_package_version"] == "580.105.08-1" and info["loaded_version"] == "580.95.05"
@@ -145,8 +145,8 @@ def test_driver_info_compares_loaded_module_and_package(host):
 
 
 def test_host_without_gpu_is_skipped(host):
-    if name(host) != "node3":
-        pytest.skip("node3 only")
+    if name(host) != "role-node3":
+        pytest.skip("role-node3 only")
     assert not host.file("/etc/apt/sources.list.d/nvidia-cuda.sources").exists
     assert not host.file("/etc/modprobe.d/blacklist-nouveau.conf").exists
     assert not host.file("/etc/ansible/facts.d/nvidia_driver.fact").exists

@@ -14,16 +14,16 @@ def module(host, name, args, check=True):
 
 
 def test_recorded_gpu_is_read_on_node1(host):
-    if host.backend.get_hostname() != "node1":
-        pytest.skip("node1 only")
+    if host.backend.get_hostname() != "role-node1":
+        pytest.skip("role-node1 only")
     facts = module(host, "autoglm.deploy.gpu_facts", {"nvidia_smi_path": REPLAY})["gpu_facts"]
     assert facts["gpu_count"] == 1 and facts["gpus"][0]["memory_total_mib"] == 24564
     assert facts["cuda_driver_version"] == "12.4"
 
 
 def test_nodes_without_gpu_report_a_reason(host):
-    if host.backend.get_hostname() == "node1":
-        pytest.skip("node1 has a recorded GPU")
+    if host.backend.get_hostname() == "role-node1":
+        pytest.skip("role-node1 has a recorded GPU")
     facts = module(host, "autoglm.deploy.gpu_facts", {})["gpu_facts"]
     assert facts["usable"] is False and facts["gpu_count"] == 0
     assert "nvidia-smi not found" in facts["reason"]
@@ -31,7 +31,7 @@ def test_nodes_without_gpu_report_a_reason(host):
 
 def test_preflight_failure_names_host_and_numbers(host):
     name = host.backend.get_hostname()
-    gpu = module(host, "autoglm.deploy.gpu_facts", {"nvidia_smi_path": REPLAY} if name == "node1" else {})["gpu_facts"]
+    gpu = module(host, "autoglm.deploy.gpu_facts", {"nvidia_smi_path": REPLAY} if name == "role-node1" else {})["gpu_facts"]
     # ansible-core 2.19's --tree output (what testinfra reads) drops the "failed" key; the module's
     # failed_checks and msg say the same.
     result = module(host, "autoglm.deploy.preflight_check", {
@@ -39,7 +39,7 @@ def test_preflight_failure_names_host_and_numbers(host):
         "min_ram_gib": 1, "checks": {"clock": "skip"}})
     assert result["failed_checks"]
     assert result["msg"].startswith("Preflight failed on %s:" % name)
-    expected = "has 24.0 GiB; the model needs 25.2 GiB per GPU" if name == "node1" else "0 usable GPU(s), the model needs 1"
+    expected = "has 24.0 GiB; the model needs 25.2 GiB per GPU" if name == "role-node1" else "0 usable GPU(s), the model needs 1"
     assert expected in result["msg"]
 
 

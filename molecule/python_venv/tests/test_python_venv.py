@@ -1,5 +1,5 @@
 """State on the nodes after the python_venv scenario: torch (CPU) + transformers from the controller's
-wheelhouse, no index reachable, no pip on a rerun; on node1 a pin change switched the link and two broken
+wheelhouse, no index reachable, no pip on a rerun; on role-node1 a pin change switched the link and two broken
 requirements left it alone."""
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_rerun_runs_no_pip(host):
 
 
 def test_pin_change_switched_the_link_and_kept_the_old_venv(host):
-    if host.backend.get_hostname() != "node1":
+    if host.backend.get_hostname() != "role-node1":
         assert len(host.check_output(VENVS).split()) == 1
         assert marker(host)["versions"]["tqdm"] == "4.67.1"
         return
@@ -75,8 +75,8 @@ def test_pin_change_switched_the_link_and_kept_the_old_venv(host):
 
 @pytest.mark.parametrize("record", ["role_failure", "module_failure"])
 def test_broken_requirement_names_the_package_and_leaves_the_link(host, record):
-    if host.backend.get_hostname() != "node1":
-        pytest.skip("the side effect runs on node1")
+    if host.backend.get_hostname() != "role-node1":
+        pytest.skip("the side effect runs on role-node1")
     message = host.file("%s/%s" % (RECORD, record)).content_string
     assert "autoglm-no-such-package" in message and "No matching distribution found" in message
     after = host.file(RECORD + "/after").content_string.strip()
