@@ -1,5 +1,6 @@
 """model_mirror's wheelhouse sync (tasks_from: wheelhouse) on localhost: new wheels copied, vanished ones and
-their set folders removed, hidden partial downloads skipped, a rerun changes nothing, check mode writes nothing."""
+their set folders removed, hidden partial downloads skipped, wheels unpacked in a hidden folder and moved into
+place (the leftovers of a run cut short cleared), a rerun changes nothing, check mode writes nothing."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,6 +52,9 @@ def test_sync_copies_removes_and_is_idempotent(tmp_path):
     (src / "fedcba987654").mkdir()
     (src / "fedcba987654" / "d-3.0-py3-none-any.whl").write_bytes(b"d" * 5)
     (src / "b-2.0.tar.gz").write_bytes(b"B" * 11)  # rebuilt: another size
+    # A run cut short while unpacking leaves its hidden unpack folder: never served, cleared by the next run.
+    (dest / ".incoming").mkdir()
+    (dest / ".incoming" / "b-2.0.tar.gz").write_bytes(b"cut")
     assert changed(sync(tmp_path, src, dest)) > 0
     assert tree(dest) == {"b-2.0.tar.gz": b"B" * 11, "fedcba987654/d-3.0-py3-none-any.whl": b"d" * 5}
     assert not (dest / "abcdef012345").exists()
