@@ -112,6 +112,29 @@ def test_a_shard_corrupted_in_place_is_quarantined_and_refetched_alone(tmp_path,
     assert run_role(tmp_path, root, server.url)[1]["changed"] == 0
 
 
+def test_the_verification_result_reaches_the_node_exporters_textfile_folder(tmp_path, mirror_factory):
+    """autoglm_weights_verified 1 after a verified run (a rerun leaves the file alone); 0 when a revision that
+    fails verification cannot be repaired (its endpoint is gone), and the play fails with current unchanged."""
+    server = mirror_factory()
+    root, metrics = tmp_path / "models", tmp_path / "textfile"
+    metrics.mkdir()
+    prom = metrics / "autoglm_weights_tiny.prom"
+    code, _unused, report = run_role(tmp_path, root, server.url, "model_weights_metrics_dir=%s" % metrics)
+    assert code == 0, failures(report)
+    assert prom.read_text().splitlines()[-1] == 'autoglm_weights_verified{model="tiny",revision="%s"} 1' % TINY_COMMIT
+    code, stats, _unused = run_role(tmp_path, root, server.url, "model_weights_metrics_dir=%s" % metrics)
+    assert code == 0 and stats["changed"] == 0
+
+    shard = sorted((root / "tiny" / TINY_COMMIT).glob("*.safetensors"))[0]
+    shard.write_bytes(b"\0" * shard.stat().st_size)
+    code, _unused, report = run_role(tmp_path, root, "http://127.0.0.1:9", "model_weights_metrics_dir=%s" % metrics,
+                                     "model_weights_commit=" + TINY_COMMIT)
+    assert code != 0
+    assert prom.read_text().splitlines()[-1] == 'autoglm_weights_verified{model="tiny",revision="%s"} 0' % TINY_COMMIT
+    assert any("127.0.0.1:9" in message or "verif" in message for message in failures(report)), failures(report)
+    assert os.readlink(root / "tiny" / "current") == TINY_COMMIT
+
+
 def test_a_disk_too_small_is_refused_before_downloading(tmp_path, mirror_factory):
     server = mirror_factory()
     code, _unused, report = run_role(tmp_path, tmp_path / "models", server.url, "model_weights_disk_headroom_mb=1000000000")

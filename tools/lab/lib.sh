@@ -17,6 +17,8 @@ export AUTOGLM_LAB_DIR="${AUTOGLM_LAB_DIR:-$REPO_ROOT/.cache/lab}"
 export AUTOGLM_LAB_PKI="${AUTOGLM_LAB_PKI:-$REPO_ROOT/.cache/lab/pki}"
 # The lab's SSH key pair: nodes let ops in with it (bind-mounted, see node-image.sh), Ansible logs in with it.
 export AUTOGLM_LAB_SSH="${AUTOGLM_LAB_SSH:-$REPO_ROOT/.cache/lab/ssh}"
+# promtool and amtool for the tests (ensure_prometheus_tools).
+export AUTOGLM_PROMETHEUS_TOOLS="${AUTOGLM_PROMETHEUS_TOOLS:-$LAB_CACHE/prometheus-tools}"
 # Names the lab's TLS services answer to: the lab's and molecule's mirror and hub stand-ins.
 LAB_TLS_NAMES="lab-mirror mirror1 lab-hub hub localhost"
 
@@ -79,6 +81,28 @@ build_tool_venv() {
     | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
   echo "$want" > "$stamp"
   exec {lock}>&-
+}
+
+ensure_prometheus_tools() {
+  # promtool and amtool, unpacked from Debian's prometheus and prometheus-alertmanager packages (made once,
+  # never installed: no services start on this machine). The tests check the monitoring role's rules with them.
+  local dir="$AUTOGLM_PROMETHEUS_TOOLS" tmp
+  [ -x "$dir/promtool" ] && [ -x "$dir/amtool" ] && return 0
+  mkdir -p "$LAB_CACHE"
+  (
+    flock 9
+    [ -x "$dir/promtool" ] && [ -x "$dir/amtool" ] && exit 0
+    log "Unpacking promtool and amtool from Debian's packages ($dir)"
+    tmp="$(mktemp -d)"; chmod 0755 "$tmp"
+    if ! (cd "$tmp" && apt-get download -q prometheus prometheus-alertmanager >/dev/null 2>&1); then
+      apt-get update -qq
+      (cd "$tmp" && apt-get download -q prometheus prometheus-alertmanager >/dev/null)
+    fi
+    for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/root"; done
+    mkdir -p "$dir"
+    install -m 0755 "$tmp/root/usr/bin/promtool" "$tmp/root/usr/bin/amtool" "$dir/"
+    rm -rf "$tmp"
+  ) 9>"$LAB_CACHE/prometheus-tools.lock"
 }
 
 ensure_cpu_torch_wheels() {
