@@ -211,9 +211,13 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     value = body.get(name)
     if value is None:
         return default
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value > high
-            or value < low or (low_open and value == low)):
-        raise ApiError(400, "%s must be a number in %s%s, %s]; got %r" % (name, "(" if low_open else "[", low, high, value), param=name)
+    # Compared before any float(): an integer too large for a float (400 digits) is out of range, not a 500.
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not math.isfinite(value))
+            or value > high or value < low or (low_open and value == low)):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ApiError(400, "%s must be a number in %s%s, %s]; got %s" % (name, "(" if low_open else "[", low, high, shown),
+                       param=name)
     return float(value)
 
 

@@ -1,4 +1,4 @@
-"""Issue 18 audit: findings the other hostile tests leave uncovered, or cover only in part.
+"""Hostile input the other hostile tests leave uncovered, or cover only in part (found re-auditing issue 18):
 
 - a number too large for a float in temperature/top_p/penalties (the NaN finding's class): 500 and a traceback;
 - a non-streaming generation already running when its client leaves (the existing test covers a queued one);
