@@ -103,6 +103,10 @@ fleet_pid=$!
 (run_pytest_stage; for scenario in "${role_lane[@]}"; do run_scenario "$scenario"; done) &
 role_pid=$!
 wait "$fleet_pid" "$role_pid" || true
+# A lane that died before recording a stage must not read as a pass.
+for stage in "unit and integration tests" "${scenarios[@]/#/molecule }"; do
+  grep -q "^$stage|" "$results" || record "$stage" 0 "FAILED"
+done
 
 # Why each failed stage failed, after both lanes are done so the lines do not interleave.
 failed=()

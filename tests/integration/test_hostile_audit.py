@@ -153,7 +153,6 @@ def test_the_nodes_mirror_url_is_https_when_the_mirror_has_a_certificate(tmp_pat
     assert (tmp_path / "url").read_text() == "https://10.0.0.5:8090"
 
 
-
 def test_the_listen_backlog_holds_a_burst(server):
     """Finding 9: the 100-chat burst test passes on the base here too (loopback retries a dropped SYN), so the
     backlog the kernel really holds is read from the listening socket (ss: Send-Q of a LISTEN socket)."""
