@@ -127,9 +127,8 @@ while IFS='|' read -r name _ result; do
   failed+=("$scenario")
 done < "$results"
 if grep -q '^unit and integration tests|.*|passed$' "$results"; then
-  # The slowest tests, for the time budget (pytest's --durations table).
+  # The slowest tests, for the time budget (pytest's --durations table, which ends with the summary line).
   sed -n '/slowest 15 durations/,/^$/p' "$REPO_ROOT/.cache/pytest.log"
-  tail -n 1 "$REPO_ROOT/.cache/pytest.log"
 fi
 print_timings
 if [ "${#failed[@]}" -gt 0 ]; then
