@@ -35,11 +35,13 @@ lock="/var/lock/$network.lock"
 if [ "$action" = test ]; then
   # Leftover nodes of an interrupted run (every scenario's nodes join their lane's network), removed under
   # the lock; the network too when it lacks the fixed subnet the nodes' addresses need (.config/molecule/ssh_config).
-  exec flock "$lock" bash -c '
+  # Each step's seconds end the output (tools/molecule_steps.py); lib.sh's pipefail keeps molecule's status.
+  flock "$lock" bash -c '
     rm -rf "$MOLECULE_EPHEMERAL_DIRECTORY"
     docker ps -aq --filter "network=$AUTOGLM_MOLECULE_NETWORK" | xargs -r docker rm -f >/dev/null
     subnet="$(docker network inspect -f "{{range .IPAM.Config}}{{.Subnet}}{{end}}" "$AUTOGLM_MOLECULE_NETWORK" 2>/dev/null || true)"
     if [ -n "$subnet" ] && [ "$subnet" != "$AUTOGLM_MOLECULE_SUBNET" ]; then docker network rm "$AUTOGLM_MOLECULE_NETWORK" >/dev/null; fi
-    exec molecule test -s "$1"' _ "$scenario"
+    exec molecule test -s "$1"' _ "$scenario" 2>&1 | python3 "$REPO_ROOT/tools/molecule_steps.py"
+  exit
 fi
 exec flock "$lock" molecule "$action" -s "$scenario"

@@ -42,11 +42,13 @@ lint_seconds=$((SECONDS - run_started))
 # background, so each stage appends "name|seconds|result" to a file.
 results="$REPO_ROOT/.cache/test-stages"
 : > "$results"
-record() { printf '%s|%s|%s\n' "$1" "$2" "$3" >> "$results"; }
+record() { printf '%s|%s|%s|%s\n' "$1" "$2" "$3" "${4:-}" >> "$results"; }
 print_timings() {
-  echo "stage                         seconds  result"
-  printf '%-28s %6ss  %s\n' "tool venv and lint" "$lint_seconds" passed
-  while IFS='|' read -r name seconds result; do printf '%-28s %6ss  %s\n' "$name" "$seconds" "$result"; done < "$results"
+  echo "stage                         seconds  result  seconds per step"
+  printf '%-28s %6ss  %-6s\n' "tool venv and lint" "$lint_seconds" passed
+  while IFS='|' read -r name seconds result steps; do
+    printf '%-28s %6ss  %-6s  %s\n' "$name" "$seconds" "$result" "$steps"
+  done < "$results"
   echo "total                         $((SECONDS - run_started))s"
 }
 
@@ -67,13 +69,16 @@ ensure_lab_ssh_key
 ensure_cpu_torch_wheels "$TOOL_VENV/bin/pip"
 
 run_scenario() {
-  local scenario="$1" start=$SECONDS
-  if "$REPO_ROOT/tools/molecule.sh" "$scenario" test > "$REPO_ROOT/.cache/molecule-$scenario.log" 2>&1; then
-    echo "  molecule $scenario passed in $((SECONDS - start))s"
-    record "molecule $scenario" "$((SECONDS - start))" passed
+  local scenario="$1" start=$SECONDS log="$REPO_ROOT/.cache/molecule-$scenario.log" steps
+  local rc=0
+  "$REPO_ROOT/tools/molecule.sh" "$scenario" test > "$log" 2>&1 || rc=$?
+  steps="$(sed -n 's/^steps: //p' "$log" | tail -n 1)"
+  if [ "$rc" -eq 0 ]; then
+    echo "  molecule $scenario passed in $((SECONDS - start))s ($steps)"
+    record "molecule $scenario" "$((SECONDS - start))" passed "$steps"
   else
     echo "  molecule $scenario FAILED in $((SECONDS - start))s (log: .cache/molecule-$scenario.log)"
-    record "molecule $scenario" "$((SECONDS - start))" FAILED
+    record "molecule $scenario" "$((SECONDS - start))" FAILED "$steps"
   fi
 }
 run_pytest_stage() {
@@ -110,7 +115,7 @@ done
 
 # Why each failed stage failed, after both lanes are done so the lines do not interleave.
 failed=()
-while IFS='|' read -r name _ result; do
+while IFS='|' read -r name _ result _; do
   [ "$result" = FAILED ] || continue
   if [ "$name" = "unit and integration tests" ]; then
     echo "unit and integration tests FAILED; last lines of .cache/pytest.log:"
@@ -126,7 +131,7 @@ while IFS='|' read -r name _ result; do
   tail -n 25 "$REPO_ROOT/.cache/molecule-$scenario.log"
   failed+=("$scenario")
 done < "$results"
-if grep -q '^unit and integration tests|.*|passed$' "$results"; then
+if grep -q '^unit and integration tests|[0-9]*|passed|' "$results"; then
   # The slowest tests, for the time budget (pytest's --durations table, which ends with the summary line).
   sed -n '/slowest 15 durations/,/^$/p' "$REPO_ROOT/.cache/pytest.log"
 fi
