@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Molecule's create and destroy for the project's systemd nodes, each one docker call per node, all at once.
 
-    molecule_nodes.py create PLATFORMS_JSON     start every node, then wait until each one's sshd answers
-    molecule_nodes.py destroy PLATFORMS_JSON    remove the nodes and their networks
+    python3 molecule_nodes.py create PLATFORMS_JSON     start every node, then wait until each one's sshd answers
+    python3 molecule_nodes.py destroy PLATFORMS_JSON    remove the nodes and their networks
 
 The docker driver's own playbooks spend about 40 s of every scenario on one Ansible task per node and per
 option (25 s to create three nodes, 13 s to remove them); this does the same in a few seconds. The options

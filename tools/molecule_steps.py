@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Pass molecule's output through and end it with the seconds each step took, for CI's time table.
 
-    molecule test -s NAME 2>&1 | tools/molecule_steps.py
+    molecule test -s NAME 2>&1 | python3 tools/molecule_steps.py
 
 Molecule marks each step with "[scenario > step] Executing" and "... Executed"; the last line printed is
 "steps: create=21 prepare=9 converge=140 ..." (tools/test.sh reads it).
