@@ -96,16 +96,22 @@ run_pytest_stage() {
 }
 
 # Two lanes on two Docker networks (tools/molecule.sh locks per network): the default scenario's fleet, the
-# longest stage, and beside it the unit and integration tests, then the role scenarios (role-* nodes). On
-# two cores this fills the time molecule spends waiting on nodes, and CI takes the longer lane, not the sum.
+# longest stage (then monitoring, on the same network), and beside it the unit and integration tests, then the
+# role scenarios (role-* nodes). On two cores this fills the time molecule spends waiting on nodes, and CI takes
+# the longer lane, not the sum.
 # A third lane (the tests apart from the role scenarios) was measured slower: load 14 on the two cores, each role
 # scenario three times as long (docker_engine 661 s against 201 s).
 if [ "${#scenarios[@]}" -eq 0 ]; then
   for dir in molecule/*/; do scenarios+=("$(basename "$dir")"); done
 fi
+# A scenario's lane is its network's: default first on the fleet's network, then the scenarios moved onto it
+# (monitoring) so that the two lanes take about as long as each other.
 fleet_lane=(); role_lane=()
 for scenario in "${scenarios[@]}"; do
-  if [ "$scenario" = default ]; then fleet_lane+=("$scenario"); else role_lane+=("$scenario"); fi
+  if [ "$scenario" = default ]; then fleet_lane=("$scenario" "${fleet_lane[@]}")
+  elif grep -q 'name: autoglm-molecule-roles$' "molecule/$scenario/molecule.yml" 2>/dev/null \
+       || ! grep -q 'docker_networks:' "molecule/$scenario/molecule.yml"; then role_lane+=("$scenario")
+  else fleet_lane+=("$scenario"); fi
 done
 log "molecule scenarios: ${fleet_lane[*]:-none} | unit and integration tests, then ${role_lane[*]:-none}"
 (for scenario in "${fleet_lane[@]}"; do run_scenario "$scenario"; done) &
