@@ -56,6 +56,8 @@ print_timings() {
 setup_started=$SECONDS
 # promtool and amtool for the monitoring role's rule tests (unpacked once from Debian's packages).
 ensure_prometheus_tools
+# haproxy for the gateway_server module's tests (unpacked once from Debian's packages).
+ensure_haproxy_binary
 # Exit 5 means no test ran: that is a failure here, not a pass.
 run_pytest() { pytest -q -p no:cacheprovider -n 2 --durations=15 tests; }
 if [ "$quick" -eq 1 ]; then

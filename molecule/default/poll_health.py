@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 
-LIMIT_S = 900
+LIMIT_S = 2700
 
 
 def healthy(url: str) -> bool:

@@ -286,7 +286,24 @@ def contract(value, concept: str, model_name=None):
     return result
 
 
+def engine_replicas(hosts, hostvars, default_backend: str, default_port) -> list:
+    """Where each host's replica answers, the one home of it for Prometheus' targets and the gateway's servers:
+    {host, address, port, backend, health_path, metrics_path} per host, sorted by host. A host's engine is its
+    inference_service_backend, else its autoglm_backend, else default_backend; its address its
+    inference_service_advertise_address, else ansible_host, else its name."""
+    replicas = []
+    for host in sorted(set(hosts or [])):
+        hv = hostvars[host]
+        backend = hv.get("inference_service_backend") or hv.get("autoglm_backend") or default_backend
+        desc = _descriptor(backend)
+        replicas.append({"host": host, "backend": backend,
+                         "address": hv.get("inference_service_advertise_address") or hv.get("ansible_host") or host,
+                         "port": int(hv.get("inference_service_port") or default_port),
+                         "health_path": desc["health_path"], "metrics_path": desc["metrics_path"]})
+    return replicas
+
+
 class FilterModule:
     def filters(self):
         return {"engine": engine, "engine_names": engine_names, "engine_argv": engine_argv,
-                "engine_path_inputs": engine_path_inputs, "contract": contract}
+                "engine_path_inputs": engine_path_inputs, "contract": contract, "engine_replicas": engine_replicas}

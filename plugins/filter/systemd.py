@@ -75,6 +75,11 @@ _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # One blank-free token of a list directive (RestrictAddressFamilies=, IPAddressAllow=).
 _WORD = re.compile(r"[A-Za-z0-9_.:/+-]+")
 # MemoryMax=, TasksMax= and the like: a size with an optional K/M/G/T suffix, a percentage, or infinity.
+# An API key bound for an Authorization header and HAProxy's configuration: RFC 6750's b64token, so it needs no
+# quoting in either (no blank, quote, '%' or '$' that HAProxy would read as a log-format or variable).
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+# An HAProxy identifier (a server's name is an inventory host's).
+_HAPROXY_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 _RESOURCE_LIMIT = re.compile(r"infinity|[0-9]+(\.[0-9]+)?[KMGT]?|[0-9]+(\.[0-9]+)?%")
 # Inside double quotes systemd's env-file parser unescapes exactly these (SHELL_NEED_ESCAPE); older and newer
 # versions agree on them, so nothing else is escaped.
@@ -140,6 +145,8 @@ _KINDS = {
     "user": _pattern_problem(_USER_NAME, "a user or group name (useradd: [a-z_][a-z0-9_-]*, 32 at most)"),
     "env_name": _pattern_problem(_ENV_NAME, "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"),
     "word": _pattern_problem(_WORD, "one word (letters, digits, '_', '.', ':', '/', '+', '-')"),
+    "bearer_token": _pattern_problem(_BEARER_TOKEN, "a bearer token (letters, digits, '-', '.', '_', '~', '+', '/', then '=')"),
+    "haproxy_name": _pattern_problem(_HAPROXY_NAME, "an HAProxy name (letters, digits, '_', '.', ':', '-')"),
     "resource_limit": _pattern_problem(_RESOURCE_LIMIT, "a resource limit (bytes with K/M/G/T, a percentage, or infinity)"),
 }
 

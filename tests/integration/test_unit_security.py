@@ -1,7 +1,7 @@
 """Every unit the collection installs scores <= 2.0 on `systemd-analyze security` (issue 18, acceptance), checked
 here on the rendered files with --offline, without molecule: the inference unit for each backend (the built-in
-server, and vLLM and SGLang as rendered for an 8-GPU H100 node, the GPU variant with its device allow list) and the
-mirror's unit. The mirror's sandbox is checked line by line against the built-in inference unit's baseline
+server, and vLLM and SGLang as rendered for an 8-GPU H100 node, the GPU variant with its device allow list), the
+mirror's unit and the gateway's (HAProxy). The mirror's sandbox is checked line by line against the built-in inference unit's baseline
 (issue 18, Sandboxing): the same hardening directives, with only the differences documented below."""
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ UNITS = {
     "autoglm-sglang.service": ("inference_service", "service.unit.j2",
                                dict(GPU_8, inference_service_backend="sglang", inference_service_model_path=MODEL)),
     "autoglm-mirror.service": ("model_mirror", SERVICE_UNIT, {"model_mirror_ip_address_allow": ["10.0.0.0/8"]}),
+    "haproxy.service": ("gateway", SERVICE_UNIT, {}),
 }
 MAX_EXPOSURE = 2.0
 

@@ -19,6 +19,8 @@ export AUTOGLM_LAB_PKI="${AUTOGLM_LAB_PKI:-$REPO_ROOT/.cache/lab/pki}"
 export AUTOGLM_LAB_SSH="${AUTOGLM_LAB_SSH:-$REPO_ROOT/.cache/lab/ssh}"
 # promtool and amtool for the tests (ensure_prometheus_tools).
 export AUTOGLM_PROMETHEUS_TOOLS="${AUTOGLM_PROMETHEUS_TOOLS:-$LAB_CACHE/prometheus-tools}"
+# HAProxy for the gateway_server module's tests (ensure_haproxy_binary).
+export AUTOGLM_HAPROXY_TOOLS="${AUTOGLM_HAPROXY_TOOLS:-$LAB_CACHE/haproxy-tools}"
 # Names the lab's TLS services answer to: the lab's and molecule's mirror and hub stand-ins.
 LAB_TLS_NAMES="lab-mirror mirror1 lab-hub hub localhost"
 
@@ -103,6 +105,36 @@ ensure_prometheus_tools() {
     install -m 0755 "$tmp/root/usr/bin/promtool" "$tmp/root/usr/bin/amtool" "$dir/"
     rm -rf "$tmp"
   ) 9>"$LAB_CACHE/prometheus-tools.lock"
+}
+
+ensure_haproxy_binary() {
+  # Debian's haproxy, unpacked from its package with the libraries it needs that the host lacks (made once,
+  # never installed: no service starts on this machine). The gateway_server module's tests run it on loopback.
+  # $dir/haproxy is a wrapper that runs $dir/haproxy.bin with $dir/lib on the library path.
+  local dir="$AUTOGLM_HAPROXY_TOOLS" tmp
+  [ -x "$dir/haproxy" ] && [ -x "$dir/haproxy.bin" ] && return 0
+  mkdir -p "$LAB_CACHE"
+  (
+    flock 9
+    [ -x "$dir/haproxy" ] && [ -x "$dir/haproxy.bin" ] && exit 0
+    log "Unpacking haproxy from Debian's packages ($dir)"
+    tmp="$(mktemp -d)"; chmod 0755 "$tmp"
+    local debs="haproxy liblua5.3-0 libopentracing-c-wrapper0 libopentracing1"
+    # shellcheck disable=SC2086
+    if ! (cd "$tmp" && apt-get download -q $debs >/dev/null 2>&1); then
+      apt-get update -qq
+      # shellcheck disable=SC2086
+      (cd "$tmp" && apt-get download -q $debs >/dev/null)
+    fi
+    for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/root"; done
+    mkdir -p "$dir/lib"
+    cp -a "$tmp"/root/usr/lib/*-linux-gnu/*.so* "$dir/lib/"
+    install -m 0755 "$tmp/root/usr/sbin/haproxy" "$dir/haproxy.bin"
+    printf '#!/bin/sh\nLD_LIBRARY_PATH="%s/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "%s/haproxy.bin" "$@"\n' \
+      "$dir" "$dir" > "$dir/haproxy"
+    chmod 0755 "$dir/haproxy"
+    rm -rf "$tmp"
+  ) 9>"$LAB_CACHE/haproxy-tools.lock"
 }
 
 ensure_cpu_torch_wheels() {
