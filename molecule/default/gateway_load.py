@@ -57,7 +57,7 @@ def main() -> int:
                         stats["errors"].append("t=%.1f %s" % (time.monotonic() - started, error))
             time.sleep(PAUSE_S)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client) for index in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:

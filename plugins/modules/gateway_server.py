@@ -172,12 +172,14 @@ def main():
     )
     path, backend, server, state = (module.params[k] for k in ("socket", "backend", "server", "state"))
     started = time.monotonic()
+    found = False
     try:
         view = server_view(path, backend, server)
         if view is None:
             module.warn("the gateway's backend %s has no server %s: it sends this node no requests (run "
                         "playbooks/deploy_gateway.yml to add it)" % (backend, server))
             module.exit_json(changed=False, found=False, waited=0.0)
+        found = True
         before = view["admin_state"]
         changed = before != state
         if changed and not module.check_mode:
@@ -199,7 +201,7 @@ def main():
                                      found=True, waited=round(time.monotonic() - started, 1), **view)
                 time.sleep(0.5)
     except GatewayError as exc:
-        module.fail_json(msg=str(exc), found=False, waited=round(time.monotonic() - started, 1))
+        module.fail_json(msg=str(exc), found=found, waited=round(time.monotonic() - started, 1))
     result = dict(changed=changed, found=True, waited=round(time.monotonic() - started, 1), **view)
     if module.check_mode:
         result["admin_state"] = state
