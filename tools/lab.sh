@@ -72,6 +72,24 @@ publish_upstream() {
   run_playbook tools/lab/hub.yml -i inventories/lab
 }
 
+ask_gateway() {
+  # One chat completion through the fleet's endpoint (HAProxy on lab-mirror, inventories/lab/group_vars/gateway),
+  # as a client sends it, with the client key: the gateway picks a replica and logs the request.
+  python3 - "http://10.77.10.11:8080" "lab-gateway-key-not-secret" <<'PY'
+import json, sys, urllib.request
+base, key = sys.argv[1:3]
+def call(path, body=None):
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode() if body else None,
+                                 headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        return json.load(resp)
+model = call("/v1/models")["data"][0]["id"]
+answer = call("/v1/chat/completions", {"model": model, "max_tokens": 16,
+                                       "messages": [{"role": "user", "content": "Reply with one word."}]})
+print("gateway %s/v1, model %s: %r" % (base, model, answer["choices"][0]["message"]["content"]))
+PY
+}
+
 case "${1:-demo}" in
   up) need_root; ensure_tool_venv; ensure_docker; ensure_node_image; ensure_lab_pki; lab_up ;;
   down) ensure_docker; lab_down ;;
@@ -86,6 +104,8 @@ case "${1:-demo}" in
     run_site --expect-no-changes
     log "Every node answers a chat completion"
     run_playbook playbooks/smoke_test.yml -i inventories/lab --show-task "Print the answer"
+    log "The fleet's one endpoint (the gateway) answers"
+    ask_gateway
     ;;
   *) echo "usage: $0 demo|up|down|status|site" >&2; exit 2 ;;
 esac
