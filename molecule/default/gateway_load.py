@@ -16,7 +16,9 @@ import urllib.request
 
 # Longer than the roll under this load can take; the stop file ends it sooner.
 LIMIT_S = 2700
-PAUSE_S = 0.5
+# One client at most one request a second: the roll is what is measured, not the three CPU engines under load
+# (with two clients at 0.5 s the CI run took 3155 s, against 1833 s before the gateway).
+PAUSE_S = 1.0
 
 
 def call(url: str, key: str, body: dict | None = None) -> dict:
@@ -28,7 +30,7 @@ def call(url: str, key: str, body: dict | None = None) -> dict:
 
 def main() -> int:
     summary, stop, base, key = sys.argv[1:5]
-    clients = int(sys.argv[5]) if len(sys.argv) > 5 else 2
+    clients = int(sys.argv[5]) if len(sys.argv) > 5 else 1
     model = call(base + "/v1/models", key)["data"][0]["id"]
     body = {"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "Reply with one word."}]}
     lock = threading.Lock()

@@ -17,9 +17,10 @@ def curl(host, *args) -> str:
 
 def servers(host) -> dict:
     """Each server of the replicas backend: its status as HAProxy's own health check and admin state see it."""
-    rows = host.check_output("echo 'show stat' | python3 -c %s", shlex.quote(
-        "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock');"
-        "s.sendall(sys.stdin.buffer.read()); print(b''.join(iter(lambda: s.recv(65536), b'')).decode())"))
+    # check_output quotes its arguments itself.
+    rows = host.check_output("echo 'show stat' | python3 -c %s",
+                             "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock');"
+                             "s.sendall(sys.stdin.buffer.read()); print(b''.join(iter(lambda: s.recv(65536), b'')).decode())")
     lines = rows.splitlines()
     header = lines[0].lstrip("# ").split(",")
     return {row["svname"]: row for row in (dict(zip(header, line.split(","))) for line in lines[1:] if line)
