@@ -87,6 +87,14 @@ sessions:
   description: Requests in flight plus queued on the server after the call.
   returned: when found
   type: int
+responses:
+  description: HTTP responses the gateway passed on from the server since HAProxy started (the C(hrsp_*) counters).
+  returned: when found
+  type: int
+errors:
+  description: Of those, the 5xx ones, plus responses HAProxy could not read from the server (C(eresp)).
+  returned: when found
+  type: int
 waited:
   description: Seconds spent waiting.
   returned: always
@@ -146,7 +154,13 @@ def server_view(path: str, backend: str, server: str) -> dict | None:
     stat = next((dict(zip(stat_header, line.split(","))) for line in stat_lines[1:]
                  if line.split(",")[:2] == [backend, server]), {})
     sessions = int(stat.get("scur") or 0) + int(stat.get("qcur") or 0)
-    return {"admin_state": admin, "status": stat.get("status", ""), "sessions": sessions}
+    # Since HAProxy started: every response it passed on (hrsp_*), and those that were errors (5xx from the
+    # replica, and responses it could not read: eresp).
+    responses = sum(int(stat.get(key) or 0) for key in ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx",
+                                                          "hrsp_other"))
+    errors = int(stat.get("hrsp_5xx") or 0) + int(stat.get("eresp") or 0)
+    return {"admin_state": admin, "status": stat.get("status", ""), "sessions": sessions,
+            "responses": responses, "errors": errors}
 
 
 def settled(view: dict, state: str) -> bool:

@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 class Backend:
-    """One replica: /health answers 200, /hit answers its name, /slow answers after SLOW_SECONDS."""
+    """One replica: /health answers 200, /hit answers its name, /slow answers after SLOW_SECONDS, /fail 500."""
 
     def __init__(self, name: str):
         self.name = name
@@ -50,6 +50,9 @@ class Backend:
             def do_GET(self):  # the name http.server calls
                 if self.path == "/slow":
                     time.sleep(SLOW_SECONDS)
+                if self.path == "/fail":
+                    self.send_error(500)
+                    return
                 if self.path in ("/hit", "/slow"):
                     with backend.lock:
                         backend.hits += 1
@@ -291,3 +294,17 @@ def test_missing_socket_fails_saying_the_admin_socket_cannot_be_reached(run_modu
     result = run_module("gateway_server", dict(socket=str(missing), server="node1", state="drain", timeout=3))
     assert result["_rc"] != 0 and result.get("failed") is True, result
     assert "cannot reach the gateway's admin socket" in result["msg"] and str(missing) in result["msg"]
+
+
+def test_counts_the_responses_and_errors_it_passed_on_for_the_server(run_module, gateway):
+    # The canary's error rate (roles/inference_service, tasks/canary.yml) is the difference of two reads.
+    server(run_module, gateway, "node2", "maint", timeout=10)  # every request below goes to node1
+    before = server(run_module, gateway, "node1", "ready", timeout=10)
+    assert before["_rc"] == 0 and before["changed"] is False, before
+    for path in ["/hit"] * 7 + ["/fail"] * 3 + ["/nothing-here"]:
+        gateway.get(path)
+    after = server(run_module, gateway, "node1", "ready", check=True, timeout=10)
+    assert after["_rc"] == 0, after.get("msg")
+    assert after["responses"] - before["responses"] == 11  # the 404 is a response, not an error
+    assert after["errors"] - before["errors"] == 3
+    assert int(stat(gateway.sock, "node1")["hrsp_5xx"]) == after["errors"]

@@ -91,7 +91,8 @@ def test_node3_serves_through_the_real_vllm(host):
     if not is_vllm(host):
         pytest.skip("vLLM serves on %s only" % VLLM_NODE)
     argv = exec_start(host, UNIT)
-    assert argv[:3] == [VENV + "/bin/vllm", "serve", "/srv/models/tiny/current"]
+    venv, model = versions(host)
+    assert argv[:3] == [venv + "/bin/vllm", "serve", model]
     # Tensor parallel 2 on two cores (the lab's group_vars): one worker process per rank, in the unit's own
     # cgroup, so under its sandbox; the smoke test below was answered through both.
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
@@ -110,6 +111,21 @@ def test_node3_serves_through_the_real_vllm(host):
     # The smoke test after each start sent the phone agent's screenshot: vLLM counted its image tokens.
     metrics = curl(host, BASE + "/metrics")
     assert re.search(r'^vllm:prompt_tokens_total\{[^}]*\} ([1-9][\d.]*)$', metrics, re.M)
+
+
+def versions(host):
+    """The venv and weights folders the current links point at."""
+    return host.file(VENV).linked_to, host.file("/srv/models/tiny/current").linked_to
+
+
+def test_the_unit_runs_the_versions_not_the_links_that_move(host):
+    # python_venv and model_weights switch `current` on every node before the roll; the engine runs what its
+    # batch switched it to (a process started through the link has sys.prefix=.../current and imports through it).
+    venv, model = versions(host)
+    assert venv.startswith(VENV.rsplit("/", 1)[0] + "/") and not venv.endswith("/current")
+    argv = exec_start(host, UNIT)
+    assert not any("/current" in arg for arg in argv), argv
+    assert argv[0].startswith(venv + "/bin/") and model in argv
 
 
 def test_unit_is_sandboxed(host):
@@ -186,7 +202,9 @@ def test_gpu_engine_units_carry_upstreams_flags(host, unit, program, upstream, t
     if host.backend.get_hostname() != "node1":
         pytest.skip("rendered on node1 only")
     argv = exec_start(host, unit)
-    upstream = upstream.split(" ")
+    venv, model = versions(host)
+    program = [word.replace(VENV, venv).replace("/srv/models/tiny/current", model) for word in program]
+    upstream = upstream.replace("/srv/models/tiny/current", model).split(" ")
     assert argv[:len(program)] == program
     got = flags(argv[len(program):])
     assert flags(upstream) == {k: got.get(k) for k in flags(upstream)}
