@@ -156,8 +156,8 @@ def server_view(path: str, backend: str, server: str) -> dict | None:
     sessions = int(stat.get("scur") or 0) + int(stat.get("qcur") or 0)
     # Since HAProxy started: every response it passed on (hrsp_*), and those that were errors (5xx from the
     # replica, and responses it could not read: eresp).
-    responses = sum(int(stat.get(key) or 0) for key in ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx",
-                                                          "hrsp_other"))
+    codes = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other")
+    responses = sum(int(stat.get(key) or 0) for key in codes)
     errors = int(stat.get("hrsp_5xx") or 0) + int(stat.get("eresp") or 0)
     return {"admin_state": admin, "status": stat.get("status", ""), "sessions": sessions,
             "responses": responses, "errors": errors}
