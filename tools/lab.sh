@@ -90,6 +90,33 @@ print("gateway %s/v1, model %s: %r" % (base, model, answer["choices"][0]["messag
 PY
 }
 
+show_monitoring() {
+  # What Prometheus on lab-mirror (roles/monitoring) scrapes and what fires: every target up once each has been
+  # scraped (they are asked every scrape interval), and no alert on a healthy lab.
+  python3 - "http://10.77.10.11:9090" <<'PY'
+import json, sys, time, urllib.request
+base = sys.argv[1]
+def get(path):
+    with urllib.request.urlopen(base + path, timeout=30) as resp:
+        return json.load(resp)["data"]
+deadline = time.monotonic() + 180
+while True:
+    targets = get("/api/v1/targets?state=active")["activeTargets"]
+    if (targets and all(t["health"] != "unknown" for t in targets)) or time.monotonic() > deadline:
+        break
+    time.sleep(3)
+for t in sorted(targets, key=lambda t: (t["labels"]["job"], t["labels"].get("instance", ""))):
+    print("target %-8s %-22s %s%s" % (t["health"], t["labels"]["job"], t["labels"].get("instance", ""),
+                                      "  (" + t["lastError"] + ")" if t.get("lastError") else ""))
+up = sum(t["health"] == "up" for t in targets)
+firing = [a for a in get("/api/v1/alerts")["alerts"] if a["state"] == "firing"]
+for a in firing:
+    print("alert firing: %s %s" % (a["labels"]["alertname"], a["labels"].get("instance", "")))
+print("prometheus %s: %d of %d targets up, %d alerts firing" % (base, up, len(targets), len(firing)))
+sys.exit(0 if up == len(targets) and targets else 1)
+PY
+}
+
 case "${1:-demo}" in
   up) need_root; ensure_tool_venv; ensure_docker; ensure_node_image; ensure_lab_pki; lab_up ;;
   down) ensure_docker; lab_down ;;
@@ -106,6 +133,8 @@ case "${1:-demo}" in
     run_playbook playbooks/smoke_test.yml -i inventories/lab --show-task "Print the answer"
     log "The fleet's one endpoint (the gateway) answers"
     ask_gateway
+    log "Prometheus (lab-mirror): the targets up and the alerts firing"
+    show_monitoring
     ;;
   *) echo "usage: $0 demo|up|down|status|site" >&2; exit 2 ;;
 esac
