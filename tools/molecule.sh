@@ -10,6 +10,7 @@ action="${2:-test}"
 activate_tools
 ensure_lab_pki
 ensure_lab_ssh_key
+ensure_sealing_tools
 # The lab's CPU torchvision, torchaudio and torchcodec (inventories/lab/group_vars/gpu_nodes/venv.yml).
 ensure_cpu_torch_wheels "$TOOL_VENV/bin/pip"
 export NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0

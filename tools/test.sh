@@ -58,6 +58,8 @@ setup_started=$SECONDS
 ensure_prometheus_tools
 # haproxy for the gateway_server module's tests (unpacked once from Debian's packages).
 ensure_haproxy_binary
+# age and gpg for the sealed-weights tests (and molecule model_weights's sealed package).
+ensure_sealing_tools
 # Exit 5 means no test ran: that is a failure here, not a pass.
 run_pytest() { pytest -q -p no:cacheprovider -n 2 --durations=15 tests; }
 if [ "$quick" -eq 1 ]; then

@@ -85,6 +85,11 @@ build_tool_venv() {
   exec {lock}>&-
 }
 
+ensure_sealing_tools() {
+  # age and gpg on the controller: tools/seal_model.py seals the lab's model, and the tests open sealed packages.
+  apt_install age gnupg
+}
+
 ensure_prometheus_tools() {
   # promtool and amtool, unpacked from Debian's prometheus and prometheus-alertmanager packages (made once,
   # never installed: no services start on this machine). The tests check the monitoring role's rules with them.

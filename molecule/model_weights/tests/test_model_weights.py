@@ -192,3 +192,44 @@ def test_upstream_served_the_model_once_for_the_fleet_and_once_for_one_node(host
     assert fleet_files == sum(changed_since_v1.values())
     assert solo_files == model_size
     assert repair_files == 0  # role-node2's shard came from the mirror
+
+
+SEALED, ALTERED = "3" * 40, "4" * 40
+SEALED_ROOT = "/srv/models/tiny-sealed"
+
+
+def test_the_sealed_model_reached_the_seed_and_every_node_decrypted_and_verified(host):
+    if name(host) == "role-hub":
+        pytest.skip("the hub is upstream")
+    assert host.file(SEALED_ROOT + "/current").linked_to == "%s/%s" % (SEALED_ROOT, SEALED)
+    plaintext = sha256s(host, SEALED_ROOT + "/current")
+    # v2's own bytes, plus the checksums file the package carried (and that vouched for them).
+    assert plaintext.pop("SHA256SUMS") and plaintext == sha256s(other(host, "role-hub"), "/srv/incoming/v2")
+    recorded = manifest(host, "%s/%s" % (SEALED_ROOT, SEALED))
+    assert recorded["commit"] == SEALED and {f["path"] for f in recorded["files"]} == set(plaintext) | {"SHA256SUMS"}
+    cache = json.loads(host.file("%s/%s/.autoglm/verify-cache.json" % (SEALED_ROOT, SEALED)).content_string)["files"]
+    assert set(cache) == set(plaintext) | {"SHA256SUMS"}
+
+
+def test_the_package_is_kept_on_the_seed_only_and_the_mirror_serves_it_not_the_plaintext(host):
+    if name(host) == "role-hub":
+        pytest.skip("the hub is upstream")
+    package = "%s/.sealed/%s" % (SEALED_ROOT, SEALED)
+    assert host.file(package).exists == (name(host) == "role-mirror1")
+    if name(host) != "role-mirror1":
+        assert {f["endpoint"] for f in manifest(host, "%s/%s" % (SEALED_ROOT, SEALED))["files"]} == {
+            "http://role-mirror1:8090"}
+        return
+    published = "/srv/autoglm-mirror/repos/test-org/tiny-sealed/snapshots/" + SEALED
+    assert host.check_output("find %s -type f -printf '%%P\\n'", published) == "tiny.tar.age"
+    assert host.file(published + "/tiny.tar.age").sha256sum == host.file(package + "/tiny.tar.age").sha256sum
+
+
+def test_a_wrong_key_and_an_altered_package_promoted_nothing(host):
+    if name(host) != "role-node1":
+        pytest.skip("refused on role-node1")
+    folder = "/srv/models-refused/tiny-sealed"
+    entries = host.check_output("find %s -mindepth 1 -maxdepth 1 -printf '%%f\\n'", folder).split()
+    # No revision, no current, no staging left; only the packages, kept so that the next run resumes their download.
+    assert not [e for e in entries if e in ("current", SEALED, ALTERED) or e.startswith(".unseal-")], entries
+    assert sorted(host.check_output("ls %s/.sealed", folder).split()) == [SEALED, ALTERED]
