@@ -89,22 +89,19 @@ bytes:
 import hashlib
 import os
 import shutil
-import subprocess
 import tarfile
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.autoglm.deploy.plugins.module_utils import _manifest
+from ansible_collections.autoglm.deploy.plugins.module_utils._decrypt import Decryption, DecryptionError, decrypt_argv, gnupg_home
 from ansible_collections.autoglm.deploy.plugins.module_utils._verify import VerifyError, parse_checksums
 
-CHUNK = 8 * 1024 * 1024
+CHUNK = 8 * 1024 * 1024  # read and hash size
 SUFFIXES = {"age": (".age",), "gpg": (".gpg", ".pgp")}
 ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
 # Files of the plaintext that its own manifest need not list.
 UNLISTED = ("model.sig",)
-# What the tools say for a key that does not open the package (anything else: damaged or altered).
-WRONG_KEY = {"age": ("no identity matched",), "gpg": ("bad session key", "bad passphrase")}
 TOOLS = {"age": ("age", "age"), "gpg": ("gpg", "gnupg")}
 
 
@@ -120,54 +117,6 @@ def kind_of(name: str, cipher: str):
             kind = "archive" if plain.endswith(ARCHIVES) else "file"
             return kind, plain
     return "plain", name
-
-
-def decrypt_argv(cipher: str, tool: str, path: str, gnupg_home: str) -> list:
-    if cipher == "age":
-        return [tool, "--decrypt", "--identity", "-", path]
-    return [tool, "--batch", "--quiet", "--no-tty", "--homedir", gnupg_home, "--pinentry-mode", "loopback",
-            "--passphrase-fd", "0", "--decrypt", path]
-
-
-class Decryption:
-    """The tool decrypting one package file; its plaintext is `stdout`, its verdict comes from finish()."""
-
-    def __init__(self, argv: list, key: str, cipher: str, name: str):
-        self.cipher, self.name = cipher, name
-        self.errors = tempfile.TemporaryFile()  # noqa: SIM115  # closed in finish(), after the tool exits
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors)
-        try:
-            # age reads identities until end of input; gpg reads the passphrase's one line.
-            self.proc.stdin.write((key.strip() if cipher == "age" else key.strip("\r\n")).encode("utf-8") + b"\n")
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        self.stdout = self.proc.stdout
-
-    def finish(self, failure: Exception | None = None) -> None:
-        """Wait for the tool; raise UnsealError naming the file when it (or the reading of its output) failed."""
-        # The rest of the stream (a tar's zero blocks, or what a failed unpack left): the tool authenticates
-        # its last chunk only at the end, and its verdict says whether a garbled stream was a wrong key.
-        while self.stdout.read(CHUNK):
-            pass
-        rc = self.proc.wait()
-        self.stdout.close()
-        self.errors.seek(0)
-        said = "; ".join(line.strip() for line in self.errors.read().decode("utf-8", "replace").splitlines()
-                         if line.strip() and "report unexpected" not in line)
-        self.errors.close()
-        if rc == 0 and failure is None:
-            return
-        if rc != 0:
-            if any(words in said.lower() for words in WRONG_KEY[self.cipher]):
-                raise UnsealError(
-                    "the key does not open %s (%s says: %s): set model_weights_sealed_key to the key the package was "
-                    "sealed for (the vendor's age identity or GPG passphrase)" % (self.name, self.cipher, said))
-            raise UnsealError(
-                "%s could not be decrypted (%s says: %s): the package was damaged or altered after it was sealed; "
-                "ask the publisher for a good copy (its listing matched, so the hub serves the altered bytes)"
-                % (self.name, self.cipher, said))
-        raise UnsealError("%s decrypted, but its plaintext is unusable: %s" % (self.name, failure))
 
 
 class Staging:
@@ -250,6 +199,25 @@ def check_against_manifest(staging: Staging, manifest_name: str, package: str) -
                                         for label, names in problems)))
 
 
+def unseal_file(staging: Staging, name: str, source: str, cipher: str, tool: str, home: str, key: str) -> None:
+    """One file of the package into staging: unpacked (an encrypted archive), decrypted, or copied as it is."""
+    kind, plain = kind_of(name, cipher)
+    if kind == "plain":
+        with open(source, "rb") as handle:
+            staging.write(name, handle, name)
+        return
+    decryption = Decryption(decrypt_argv(cipher, tool, source, home), key, cipher, name)
+    try:
+        if kind == "archive":
+            staging.unpack(decryption.stdout, name)
+        else:
+            staging.write(plain, decryption.stdout, name)
+    except (tarfile.TarError, OSError, EOFError, UnsealError) as exc:
+        decryption.finish(exc)  # raises: the tool's verdict if it failed, else what went wrong here
+    else:
+        decryption.finish()
+
+
 def missing_in(dest: str, rels) -> list:
     return sorted(rel for rel in rels if not os.path.lexists(os.path.join(dest, rel)))
 
@@ -281,27 +249,12 @@ def unseal(module, params: dict) -> dict:
     staging_root = os.path.join(os.path.dirname(dest), ".unseal-" + os.path.basename(dest))
     # An interrupted earlier run's half-written plaintext: never promoted, decrypted again.
     shutil.rmtree(staging_root, ignore_errors=True)
-    gnupg_home = tempfile.mkdtemp(prefix="autoglm-gnupg-") if cipher == "gpg" else ""
     staging = Staging(staging_root)
     try:
-        for entry in sealed["files"]:
-            name = entry["path"]
-            kind, plain = kind_of(name, cipher)
-            source = os.path.join(package, name)
-            if kind == "plain":
-                with open(source, "rb") as handle:
-                    staging.write(name, handle, name)
-                continue
-            decryption = Decryption(decrypt_argv(cipher, tool, source, gnupg_home), params["key"], cipher, name)
-            try:
-                if kind == "archive":
-                    staging.unpack(decryption.stdout, name)
-                else:
-                    staging.write(plain, decryption.stdout, name)
-            except (tarfile.TarError, OSError, EOFError, UnsealError) as exc:
-                decryption.finish(exc)  # raises: the tool's verdict if it failed, else what went wrong here
-            else:
-                decryption.finish()
+        with gnupg_home(cipher) as home:
+            for entry in sealed["files"]:
+                unseal_file(staging, entry["path"], os.path.join(package, entry["path"]), cipher, tool, home,
+                            params["key"])
         check_against_manifest(staging, params["manifest_name"], package)
         endpoints = {entry["path"]: entry["endpoint"] for entry in sealed["files"]}
         plaintext = _manifest.new(
@@ -322,9 +275,6 @@ def unseal(module, params: dict) -> dict:
                 _manifest.write(dest, plaintext)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
-        if gnupg_home:
-            subprocess.run(["gpgconf", "--homedir", gnupg_home, "--kill", "all"], capture_output=True, check=False)
-            shutil.rmtree(gnupg_home, ignore_errors=True)
     return {"changed": True, "restored": restored, "files": len(staging.files),
             "bytes": sum(info["size"] for info in staging.files.values())}
 
@@ -342,7 +292,7 @@ def main() -> None:
     )
     try:
         result = unseal(module, module.params)
-    except UnsealError as exc:
+    except (UnsealError, DecryptionError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg="could not unseal into %s: %s" % (module.params["dest"], exc))
