@@ -1,7 +1,8 @@
-"""Poll /health on every node until a stop file appears (or a time limit), one JSON line per round.
+"""Poll /health of every replica until a stop file appears (or a time limit), one JSON line per round.
 
-    poll_health.py OUT STOPFILE URL...     each line: {"t": seconds, "up": [true, false, ...]}
-Used by side_effect.yml to show that a rolling restart never takes more than one node down.
+    poll_health.py OUT STOPFILE "NODE ADDRESS PORT..."...     each line: {"t": seconds, "up": [true, false, ...]}
+A node is up when every one of its replicas answers 200. Used by side_effect.yml to show that a rolling restart
+never takes more than one node down.
 """
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ def healthy(url: str) -> bool:
 
 
 def main() -> int:
-    out, stop, urls = sys.argv[1], sys.argv[2], sys.argv[3:]
+    out, stop = sys.argv[1], sys.argv[2]
+    nodes = [["http://%s:%s/health" % (words[1], port) for port in words[2:]] for words in map(str.split, sys.argv[3:])]
+    if not nodes or not all(nodes):
+        sys.exit("poll_health.py: give each node as \"NODE ADDRESS PORT...\", got %r" % sys.argv[3:])
     start = time.monotonic()
     with open(out, "w") as fh:
         while not os.path.exists(stop) and time.monotonic() - start < LIMIT_S:
-            fh.write(json.dumps({"t": round(time.monotonic() - start, 2), "up": [healthy(u) for u in urls]}) + "\n")
+            fh.write(json.dumps({"t": round(time.monotonic() - start, 2), "up": [all(healthy(u) for u in urls) for urls in nodes]}) + "\n")
             fh.flush()
             time.sleep(0.2)
     return 0

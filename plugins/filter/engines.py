@@ -14,10 +14,13 @@ autoglm.deploy.contract('X')`, so an inventory sets each concept once (group_var
 """
 from __future__ import annotations
 
+import collections
 import copy
 import json
 
 from ansible.errors import AnsibleFilterError
+
+from ansible_collections.autoglm.deploy.plugins.module_utils import _sizing
 
 DOCUMENTATION = r"""
 name: engine
@@ -286,20 +289,57 @@ def contract(value, concept: str, model_name=None):
     return result
 
 
-def engine_replicas(hosts, hostvars, default_backend: str, default_port) -> list:
-    """Where each host's replica answers, the one home of it for Prometheus' targets and the gateway's servers:
-    {host, address, port, backend, health_path, metrics_path} per host, sorted by host. A host's engine is its
-    inference_service_backend, else its autoglm_backend, else default_backend; its address its
-    inference_service_advertise_address, else ansible_host, else its name."""
+def _model_sizing(hv, backend: str) -> dict:
+    """What the model needs, for a host's replica layout: preflight's model_* description where the inventory sets
+    it (the collection's default model otherwise, _sizing.MODEL_DEFAULTS), the service's context length and the
+    engine's memory fraction, as preflight reads them."""
+    model = {key: hv.get("preflight_model_" + key) for key in
+             ("params_billion", "dtype", "kv_cache_dtype", "context_length", "num_layers", "num_kv_heads", "head_dim")}
+    fraction = _descriptor(backend)["memory_fraction"]
+    model.update(context_length=model["context_length"] or hv.get("inference_service_max_model_len"),
+                 overhead_gib=hv.get("preflight_runtime_overhead_gib"),
+                 gpu_memory_utilization=hv.get("preflight_gpu_memory_utilization") or (
+                     hv.get("inference_service_%s_%s" % (backend, fraction["option"])) if fraction["option"] else None)
+                 or fraction["default"])
+    numbers = {"dtype": str, "kv_cache_dtype": str, "num_layers": int, "num_kv_heads": int, "head_dim": int,
+               "context_length": int}
+    return {key: (numbers.get(key, float)(value) if value not in (None, "") else _sizing.MODEL_DEFAULTS[key])
+            for key, value in model.items()}
+
+
+def engine_replicas(hosts, hostvars, default_backend: str, default_port, overrides=None) -> list:
+    """Every replica of these hosts, the one home of the replica layout for the unit, the gateway's servers and
+    Prometheus' targets: {host, server, address, port, gpus, tensor_parallel_size, backend, health_path,
+    metrics_path} per replica, sorted by host then port. A host's GPUs split as _sizing.replica_layout says
+    (its inference_service_tensor_parallel_size and inference_service_replicas, else the sizing of its model);
+    replica i answers on its inference_service_port (else default_port) + i, and is the gateway's server
+    "<host>:<port>". Its engine is its inference_service_backend, else its autoglm_backend, else
+    default_backend; its address its inference_service_advertise_address, else ansible_host, else its name.
+    overrides ({host: {variable: value}}) wins over hostvars, which hold only the inventory's and facts: the node's
+    own role passes the values its play or role parameters set (None there is unset, as in the role)."""
     replicas = []
     for host in sorted(set(hosts or [])):
-        hv = hostvars[host]
+        hv = collections.ChainMap(dict((overrides or {}).get(host) or {}), hostvars[host])
         backend = hv.get("inference_service_backend") or hv.get("autoglm_backend") or default_backend
         desc = _descriptor(backend)
-        replicas.append({"host": host, "backend": backend,
-                         "address": hv.get("inference_service_advertise_address") or hv.get("ansible_host") or host,
-                         "port": int(hv.get("inference_service_port") or default_port),
-                         "health_path": desc["health_path"], "metrics_path": desc["metrics_path"]})
+        gpu_facts = (hv.get("ansible_facts") or {}).get("gpu_facts")
+        if gpu_facts is None:
+            raise AnsibleFilterError("engine_replicas: no GPU facts for %s, so its replicas are unknown; run "
+                                     "autoglm.deploy.gpu_facts on it first (site.yml and the playbooks do)" % host)
+        try:
+            layout = _sizing.replica_layout(gpu_facts, _model_sizing(hv, backend),
+                                            hv.get("inference_service_tensor_parallel_size"),
+                                            hv.get("inference_service_replicas"))
+        except _sizing.LayoutError as exc:
+            raise AnsibleFilterError("%s (inference_service_replicas, inference_service_tensor_parallel_size): %s"
+                                     % (host, exc)) from None
+        base = int(hv.get("inference_service_port") or default_port)
+        address = hv.get("inference_service_advertise_address") or hv.get("ansible_host") or host
+        for index, gpus in enumerate(layout["gpus"]):
+            replicas.append({"host": host, "server": "%s:%d" % (host, base + index), "backend": backend,
+                             "address": address, "port": base + index, "gpus": gpus,
+                             "tensor_parallel_size": layout["tensor_parallel_size"],
+                             "health_path": desc["health_path"], "metrics_path": desc["metrics_path"]})
     return replicas
 
 

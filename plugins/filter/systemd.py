@@ -18,13 +18,22 @@ description:
     (see systemd.syntax(7) and "Command lines" in systemd.service(5)).
   - Plain words stay bare; others are single-quoted (JSON flag values keep their double quotes), or
     double-quoted with C escapes when they hold a single quote, a backslash or a control character.
-  - C(%) and C($) are doubled so systemd neither expands specifiers nor substitutes variables.
+  - C(%) and C($) are doubled so systemd neither expands specifiers nor substitutes variables, except in the
+    arguments named in O(verbatim).
 options:
   _input:
     description: The program and its arguments; numbers are turned into strings.
     type: list
     elements: raw
     required: true
+  verbatim:
+    description:
+      - Arguments that systemd is meant to expand (a template unit's C(%i), a C(${VARIABLE}) from its
+        EnvironmentFile), written as they are. Each may hold only specifiers, C(${NAME}) references and
+        blank-free plain characters.
+    type: list
+    elements: str
+    default: []
 """
 
 EXAMPLES = r"""
@@ -58,10 +67,18 @@ def _quote(arg) -> str:
     return '"%s"' % "".join(_C_ESCAPES.get(ch, "\\x%02x" % ord(ch) if ord(ch) < 0x20 else ch) for ch in text)
 
 
-def systemd_command_line(argv) -> str:
+# What systemd itself is meant to expand in an argument passed verbatim: specifiers (%i) and ${VARIABLE} references
+# (specifiers first, so ${NAME_%i} names a variable per instance).
+_VERBATIM = re.compile(r"(?:[A-Za-z0-9_=,.:/-]|%[a-zA-Z]|\$\{[A-Za-z_](?:[A-Za-z0-9_]|%[a-zA-Z])*\})+")
+
+
+def systemd_command_line(argv, verbatim=()) -> str:
     if not isinstance(argv, (list, tuple)) or not argv:
         raise AnsibleFilterError("systemd_command_line: expected a non-empty list of arguments, got %r" % (argv,))
-    return " ".join(_quote(arg) for arg in argv)
+    for arg in verbatim:
+        if not _VERBATIM.fullmatch(str(arg)):
+            raise AnsibleFilterError("systemd_command_line: %r is not a specifier or ${VARIABLE} reference" % (arg,))
+    return " ".join(str(arg) if arg in verbatim else _quote(arg) for arg in argv)
 
 
 # Control characters end a line or change its meaning in both file formats; a tab is kept in env values only.

@@ -55,9 +55,11 @@ def test_preflight_is_sized_from_the_service_values(tmp_path):
 
 
 def test_preflight_alone_sizes_as_the_service_defaults_would(tmp_path):
-    # No inference_service values: upstream's context, every GPU of the node (as the service's TP), vLLM's 0.9.
+    # No inference_service values: upstream's context, the service's replica layout (a 9B model on 8 H100s is a
+    # replica per GPU: TP 1), vLLM's 0.9.
     messages = preflight_messages(tmp_path, {})
-    assert "for 25480 tokens, over TP 8" in messages and "at 90% utilisation" in messages, messages
+    assert "for 25480 tokens, over TP 1" in messages and "at 90% utilisation" in messages, messages
+    assert "the model needs 1" in messages, messages
 
 
 def test_a_key_for_an_engine_that_reads_none_from_its_environment_is_refused(tmp_path):

@@ -28,6 +28,7 @@ CASES = {"vllm": {"backend": "vllm", "extra": []}, "sglang": {"backend": "sglang
          "vllm_tp8": {"backend": "vllm", "extra": [], "tp": 8, "gpus": 8},
          "vllm_tp1": {"backend": "vllm", "extra": [], "tp": 1, "gpus": 1},
          "sglang_tp1": {"backend": "sglang", "extra": [], "tp": 1, "gpus": 1},
+         "cpu": {"backend": "transformers", "extra": [], "tp": 1, "gpus": 0},
          "netlink_in_base": {"backend": "vllm", "extra": [], "tp": 8, "gpus": 8,
                              "families": ["AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6"]},
          "sglang_scraped": {"backend": "sglang", "extra": [], "file_sd_host": "prometheus-01"},
@@ -55,7 +56,9 @@ PLAYBOOK = """
         inference_service_backend: "{{{{ item.value.backend }}}}"
         inference_service_transformers_extra_args: "{{{{ item.value.extra }}}}"
         inference_service_ip_address_allow: "{{{{ item.value.allow | default([]) }}}}"
-        __inference_service_tp: "{{{{ item.value.tp | default(2) }}}}"
+        inference_service_replica_layout: >-
+          {{{{ [{{'port': 8000, 'tensor_parallel_size': item.value.tp | default(2) | int,
+                  'gpus': range(item.value.gpus | default(2) | int) | map('string') | list}}] }}}}
         __inference_service_gpu_count: "{{{{ item.value.gpus | default(2) }}}}"
         inference_service_address_families: "{{{{ item.value.families | default(['AF_UNIX', 'AF_INET', 'AF_INET6']) }}}}"
         inference_service_file_sd_host: "{{{{ item.value.file_sd_host | default('') }}}}"
@@ -76,12 +79,32 @@ def units(tmp_path_factory):
     return {name: (tmp / (name + ".service")).read_text() for name in CASES}
 
 
-def exec_argv(unit_text):
+def exec_words(unit_text):
     """ExecStart split the way systemd does for what the filter emits without control characters: shell-like
-    words, then %% and $$ back to % and $."""
+    words, then %% and $$ back to % and $ (a lone %i or ${NAME} stays: systemd expands it)."""
     line = next(line for line in unit_text.splitlines() if line.startswith("ExecStart="))
     words = shlex.split(line[len("ExecStart="):])
     return [word.replace("%%", "%").replace("$$", "$") for word in words]
+
+
+GPU_SLICE = ["/usr/bin/env", "CUDA_VISIBLE_DEVICES=${AUTOGLM_GPUS_%i}"]
+
+
+def exec_argv(unit_text):
+    """The engine's own argv: ExecStart without the GPU slice a replica with GPUs runs under."""
+    words = exec_words(unit_text)
+    return words[2:] if words[:2] == GPU_SLICE else words
+
+
+def test_each_replica_gets_its_port_and_only_its_gpus(units):
+    # The instance name is the port (autoglm-inference@8001.service); its GPUs are its line of the environment
+    # file, read by that name. A CPU replica has no GPUs to hide.
+    for name in ("vllm", "sglang", "vllm_tp1"):
+        assert exec_words(units[name])[:2] == GPU_SLICE, name
+        assert flag(exec_argv(units[name]), "--port") == "%i"
+    words = exec_words(units["cpu"])
+    assert words[0] != "/usr/bin/env" and flag(words, "--port") == "%i"
+    assert "# Replica ports: 8000" in units["cpu"] and "replica on port %i" in units["cpu"]
 
 
 def flag(argv, name):

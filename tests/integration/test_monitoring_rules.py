@@ -111,20 +111,22 @@ tests:
   # A replica whose metrics endpoint stops answering: pending for 2 minutes, then firing.
   - interval: 15s
     input_series:
-      - series: 'up{job="autoglm-inference", instance="node3", backend="vllm"}'
+      - series: 'up{job="autoglm-inference", instance="node3", replica="node3:8001", backend="vllm"}'
         values: '1x3 0x40'
-      - series: 'up{job="autoglm-inference", instance="node1", backend="transformers"}'
+      - series: 'up{job="autoglm-inference", instance="node3", replica="node3:8000", backend="vllm"}'
+        values: '1x43'
+      - series: 'up{job="autoglm-inference", instance="node1", replica="node1:8000", backend="transformers"}'
         values: '1x43'
     alert_rule_test:
       - {alertname: AutoglmReplicaDown, eval_time: 2m, exp_alerts: []}
       - alertname: AutoglmReplicaDown
         eval_time: 4m
         exp_alerts:
-          - exp_labels: {severity: critical, job: autoglm-inference, instance: node3, backend: vllm}
+          - exp_labels: {severity: critical, job: autoglm-inference, instance: node3, replica: "node3:8001", backend: vllm}
             exp_annotations:
-              summary: Replica node3 does not answer its metrics endpoint
+              summary: Replica node3:8001 does not answer its metrics endpoint
               description: >-
-                Prometheus could not scrape node3 (vllm) for 2m. Look at journalctl -u autoglm-inference on it.
+                Prometheus could not scrape node3:8001 (vllm) for 2m. Look at journalctl -u autoglm-inference@PORT on node3.
 
   # vLLM (names and labels as recorded): 6 requests/s, one answer in ten a server error.
   - interval: 15s
@@ -186,9 +188,9 @@ tests:
         values: '78000x40'
       - series: 'DCGM_FI_DEV_FB_FREE{job="dcgm", instance="node2", gpu="0", UUID="GPU-1", modelName="NVIDIA H100 80GB HBM3"}'
         values: '2000x40'
-      - series: 'node_systemd_unit_state{job="node", instance="node2", name="autoglm-inference.service", state="failed", type="simple"}'
+      - series: 'node_systemd_unit_state{job="node", instance="node2", name="autoglm-inference@8001.service", state="failed", type="simple"}'
         values: '0x4 1x40'
-      - series: 'node_systemd_service_restart_total{job="node", instance="node1", name="autoglm-inference.service"}'
+      - series: 'node_systemd_service_restart_total{job="node", instance="node1", name="autoglm-inference@8000.service"}'
         values: '0+1x40'
       - series: 'node_filesystem_avail_bytes{job="node", instance="node2", mountpoint="/srv", fstype="ext4", device="/dev/md0"}'
         values: '5x60'
@@ -209,14 +211,14 @@ tests:
       - alertname: AutoglmServiceFailed
         eval_time: 3m
         exp_alerts:
-          - exp_labels: {severity: critical, job: node, instance: node2, name: autoglm-inference.service, state: failed, type: simple}
+          - exp_labels: {severity: critical, job: node, instance: node2, name: autoglm-inference@8001.service, state: failed, type: simple}
             exp_annotations:
-              summary: autoglm-inference.service on node2 has failed (a model that does not load, a bad configuration)
+              summary: autoglm-inference@8001.service on node2 has failed (a model that does not load, a bad configuration)
       - alertname: AutoglmRestartLoop
         eval_time: 5m
         exp_alerts:
-          - exp_labels: {severity: critical, job: node, instance: node1, name: autoglm-inference.service}
-            exp_annotations: {summary: autoglm-inference.service on node1 restarted more than 3 times in 15 minutes}
+          - exp_labels: {severity: critical, job: node, instance: node1, name: autoglm-inference@8000.service}
+            exp_annotations: {summary: autoglm-inference@8000.service on node1 restarted more than 3 times in 15 minutes}
       - alertname: AutoglmWeightsDiskLow
         eval_time: 11m
         exp_alerts:
@@ -284,7 +286,8 @@ def test_thresholds_come_from_the_role_variables(tools, tmp_path):
     rules = yaml.safe_load((out / "autoglm-rules.yml").read_text())
     alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
     assert alerts["AutoglmHighErrorRate"]["expr"].rstrip().endswith("> 0.2")
-    assert 'name=~`my\\.service|a\\+b\\.service`' in alerts["AutoglmServiceFailed"]["expr"]
+    # Each unit and its template's instances (my@8000.service).
+    assert 'name=~`my(@[^.]+)?[.]service|a\\+b(@[^.]+)?[.]service`' in alerts["AutoglmServiceFailed"]["expr"]
     assert 'mountpoint=~`/data/models`' in alerts["AutoglmWeightsDiskLow"]["expr"]
     assert run(tools / "promtool", "check", "rules", "autoglm-rules.yml", cwd=out).returncode == 0
     assert os.access(tools / "promtool", os.X_OK)

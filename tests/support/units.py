@@ -21,10 +21,20 @@ from support.playbook import REPO, run_local_playbook
 ROLES = REPO / "roles"
 SERVICE_UNIT = "service_unit"
 SYSTEMCTL = "systemd 252 (252.39-1~deb12u2)"
+
+
+def replica_layout(replicas: int, tensor_parallel_size: int, gpus: int) -> list:
+    """The inference_service_replica_layout fact the role sets (autoglm.deploy.engine_replicas): REPLICAS replicas
+    from port 8000, each of TENSOR_PARALLEL_SIZE of the node's GPUS GPUs (none on a CPU host)."""
+    return [{"host": "localhost", "server": "localhost:%d" % (8000 + i), "port": 8000 + i, "tensor_parallel_size": tensor_parallel_size,
+             "gpus": ["GPU-%d" % g for g in range(i * tensor_parallel_size, (i + 1) * tensor_parallel_size)] if gpus else []}
+            for i in range(replicas)]
+
+
 # The facts the inference unit reads, as the role sets them on a CPU host; an 8-GPU H100 node
-# (tests/fixtures/nvidia-smi/h100-sxm-8gpu: 8 GPUs, TP defaults to the GPU count) overrides them with GPU_8.
-CPU = {"__inference_service_tp": 1, "__inference_service_gpu_count": 0}
-GPU_8 = {"__inference_service_tp": 8, "__inference_service_gpu_count": 8}
+# (tests/fixtures/nvidia-smi/h100-sxm-8gpu: a 9B model is a replica per GPU) overrides them with GPU_8.
+CPU = {"inference_service_replica_layout": replica_layout(1, 1, 0), "__inference_service_gpu_count": 0}
+GPU_8 = {"inference_service_replica_layout": replica_layout(8, 1, 8), "__inference_service_gpu_count": 8}
 
 _HEADER = """
 - hosts: localhost
@@ -32,11 +42,16 @@ _HEADER = """
   vars_files: {vars_files}
   vars:
     ansible_managed: Ansible managed
-    __inference_service_tp: 1
+    inference_service_replica_layout: {cpu_layout}
     __inference_service_gpu_count: 0
     __inference_service_systemctl: {{stdout: "{systemctl}"}}
   tasks:
 """
+
+
+def _header(roles) -> str:
+    return _HEADER.format(vars_files=_vars_files(roles), systemctl=SYSTEMCTL,
+                          cpu_layout=json.dumps(CPU["inference_service_replica_layout"]))
 
 
 def _vars_files(roles) -> str:
@@ -69,7 +84,7 @@ def render(tmp_path: Path, role: str, template: str, extra: dict) -> tuple:
     playbook = tmp_path / "render.yml"
     out = tmp_path / "rendered"
     src, roles, task_vars = _source(role, template)
-    playbook.write_text(_HEADER.format(vars_files=_vars_files(roles), systemctl=SYSTEMCTL)
+    playbook.write_text(_header(roles)
                         + "    - name: Render the template\n"
                           "      ansible.builtin.template:\n"
                           "        src: %s\n        dest: \"%s\"\n        mode: \"0600\"\n"
@@ -90,7 +105,7 @@ def render_many(tmp_path: Path, renders: dict) -> tuple:
                       "ansible.builtin.template": {"src": str(src), "dest": str(tmp_path / name), "mode": "0644"},
                       "vars": dict(task_vars, **variables)})
     playbook = tmp_path / "render.yml"
-    header = _HEADER.format(vars_files=_vars_files(roles), systemctl=SYSTEMCTL)
+    header = _header(roles)
     playbook.write_text(header + "".join("    - %s\n" % json.dumps(task) for task in tasks))
     rc, _unused, output = run_local_playbook(playbook, tmp_path)
     texts = {name: (tmp_path / name).read_text() for name in renders if (tmp_path / name).exists()}

@@ -71,17 +71,19 @@ def test_daemon_json_managed_key_restored(host):
     assert config["log-opts"]["max-size"] == "10m"
 
 
-def test_unit_restored_and_service_enabled_and_running(host):
-    unit = host.file("/etc/systemd/system/autoglm-inference.service").content_string
+def test_unit_restored_and_every_replica_enabled_and_running(host):
+    unit = host.file("/etc/systemd/system/autoglm-inference@.service").content_string
     assert "LimitNOFILE=1024" not in unit
-    service = host.service("autoglm-inference")
-    assert service.is_enabled and service.is_running
+    # node1's two replicas were stopped and disabled (side_effect.yml).
+    for port in (["8000", "8001"] if host.backend.get_hostname() == "node1" else ["8000"]):
+        service = host.service("autoglm-inference@" + port)
+        assert service.is_enabled and service.is_running, port
 
 
 def test_foreign_dropin_removed_and_the_key_required_again(host):
-    assert host.file("/etc/systemd/system/autoglm-inference.service.d").exists is False or \
-        host.run("ls /etc/systemd/system/autoglm-inference.service.d").stdout.split() == []
-    assert "env -u" not in host.run("systemctl show -P ExecStart autoglm-inference").stdout
+    for folder in ("/etc/systemd/system/autoglm-inference@8000.service.d", "/etc/systemd/system/autoglm-inference@.service.d"):
+        assert host.file(folder).exists is False or host.run("ls %s", folder).stdout.split() == []
+    assert "env -u" not in host.run("systemctl show -P ExecStart autoglm-inference@8000").stdout
     fetch = ("import urllib.request as u, urllib.error as e\ntry: u.urlopen('http://127.0.0.1:8000/v1/models', timeout=10)\n"
              "except e.HTTPError as x: print(x.code)")
     assert host.run("python3 -c %s", fetch).stdout.strip() == "401"

@@ -1,6 +1,6 @@
 """The gateway on mirror1 (roles/gateway: HAProxy from Debian's package) after site.yml and side_effect.yml's rolls:
-one OpenAI-compatible endpoint for the three nodes, keys at the edge, health checks, JSON access log, metrics,
-its runtime API root-only, and a sandboxed unit."""
+one OpenAI-compatible endpoint for the four replicas of the three nodes (node1 runs two), keys at the edge, health
+checks, JSON access log, metrics, its runtime API root-only, and a sandboxed unit."""
 from __future__ import annotations
 
 import json
@@ -27,11 +27,14 @@ def servers(host) -> dict:
             if row["pxname"] == "replicas" and row["svname"] not in ("FRONTEND", "BACKEND")}
 
 
-def test_every_node_is_a_server_and_up_after_the_rolls(host):
+REPLICAS = ["node1:8000", "node1:8001", "node2:8000", "node3:8000"]
+
+
+def test_every_replica_is_a_server_and_up_after_the_rolls(host):
     # The broken roll left node1 drained; the drift rerun after it gave it back once it passed its health gate.
     state = servers(host)
-    assert sorted(state) == ["node1", "node2", "node3"]
-    assert {name: row["status"] for name, row in state.items()} == {"node1": "UP", "node2": "UP", "node3": "UP"}
+    assert sorted(state) == REPLICAS
+    assert {name: row["status"] for name, row in state.items()} == dict.fromkeys(REPLICAS, "UP")
 
 
 def test_chat_completion_through_the_gateway_with_a_client_key(host):
@@ -59,7 +62,7 @@ def test_access_log_is_one_json_line_per_request_naming_the_key_id_never_the_key
     lines = host.check_output("journalctl -u haproxy -o cat --no-pager -n 400").splitlines()
     entries = [json.loads(line) for line in lines if line.startswith('{"time"')]
     mine = [e for e in entries if e["path"] == "/v1/models" and e["key_id"] == "lab-client"]
-    assert mine and mine[-1]["status"] == 200 and mine[-1]["replica"] in ("node1", "node2", "node3")
+    assert mine and mine[-1]["status"] == 200 and mine[-1]["replica"] in REPLICAS
     assert any(e["status"] == 401 and e["key_id"] == "-" for e in entries)
     completions = [e for e in entries if e["path"] == "/v1/chat/completions" and e["status"] == 200]
     assert completions and completions[-1]["model"] not in ("", "-")
@@ -69,7 +72,7 @@ def test_access_log_is_one_json_line_per_request_naming_the_key_id_never_the_key
 def test_metrics_and_health_on_their_own_port(host):
     assert curl(host, "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8405/health") == "200"
     metrics = curl(host, "http://127.0.0.1:8405/metrics")
-    assert 'haproxy_server_status{proxy="replicas",server="node1",state="UP"} 1' in metrics
+    assert 'haproxy_server_status{proxy="replicas",server="node1:8001",state="UP"} 1' in metrics
     assert "haproxy_backend_http_responses_total" in metrics
 
 

