@@ -8,6 +8,7 @@ import json
 
 import pytest
 from support.playbook import REPO, run_local_playbook
+from support.units import render
 
 H100 = str(REPO / "tests" / "fixtures" / "nvidia-smi" / "h100-sxm-8gpu" / "nvidia-smi")
 GPU_CHECKS_ONLY = {"gpu": "warn", "vram": "warn", "disk": "skip", "ram": "skip", "os": "skip", "python": "skip",
@@ -86,3 +87,16 @@ def test_preflight_follows_the_contract_backend(tmp_path):
     # SGLang has no such option in the role: its descriptor's default, whatever vLLM's variable says.
     messages = preflight_messages(tmp_path, {"autoglm_backend": "sglang", "inference_service_vllm_gpu_memory_utilization": 0.7})
     assert "at 90% utilisation" in messages, messages
+
+
+def test_the_builtin_server_imports_the_version_of_its_code_it_was_started_with(tmp_path):
+    # Each version of the code goes to a folder named by its archive's hash (tasks/main.yml), so a new version
+    # never lands under a running replica and a rollback finds the old one; the engines with code of their own
+    # get no PYTHONPATH.
+    rc, output, text = render(tmp_path, "inference_service", "service.env.j2",
+                              {"inference_service_backend": "transformers", "inference_service_transformers_server_dir": "/srv/serve"})
+    assert rc == 0, output
+    assert 'PYTHONPATH="/srv/serve/0123456789ab"' in text.splitlines(), text
+    rc, output, text = render(tmp_path, "inference_service", "service.env.j2", {"inference_service_backend": "vllm"})
+    assert rc == 0, output
+    assert "PYTHONPATH" not in text

@@ -45,6 +45,8 @@ _HEADER = """
     inference_service_replica_layout: {cpu_layout}
     __inference_service_gpu_count: 0
     __inference_service_systemctl: {{stdout: "{systemctl}"}}
+    # What the role packs the built-in server's code to (tasks/main.yml); its hash names the code's folder.
+    __inference_service_code_archive: {{sha256: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}}
   tasks:
 """
 

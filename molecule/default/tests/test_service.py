@@ -150,6 +150,28 @@ def test_the_unit_runs_the_versions_not_the_links_that_move(host):
     assert argv[0].startswith(venv + "/bin/") and model in argv
 
 
+SERVER_DIR = "/opt/autoglm/serve"
+ENV_FILE = "/etc/autoglm-inference/autoglm-inference.env"
+PREVIOUS_ENV_FILE = "/etc/autoglm-inference/previous/autoglm-inference/autoglm-inference.env"
+
+
+def test_builtin_server_runs_a_version_of_its_code_kept_for_a_rollback(host):
+    # The role installs each version of the built-in server into a folder of its own (never over the code a
+    # running replica imports); after a roll only the versions the running and the kept revision name stay.
+    if is_vllm(host):
+        pytest.skip("vLLM ships its own code")
+    pid = host.check_output("systemctl show -p MainPID --value %s", UNIT)
+    environ = dict(item.split("=", 1) for item in host.file("/proc/%s/environ" % pid).content_string.split("\0") if "=" in item)
+    code = environ["PYTHONPATH"]
+    assert re.fullmatch(SERVER_DIR + r"/[0-9a-f]{12}", code), code
+    assert host.file(code + "/autoglm_serve/engine.py").is_file
+    named = host.run("sed -n 's/^PYTHONPATH=//p' %s %s", ENV_FILE, PREVIOUS_ENV_FILE).stdout
+    versions = [name for name in host.check_output("ls %s", SERVER_DIR).split() if re.fullmatch("[0-9a-f]{12}", name)]
+    assert versions and all("/%s\"" % name in named for name in versions), (versions, named)
+    # side_effect.yml left 0123456789ab on node2 before the roll.
+    assert "0123456789ab" not in versions
+
+
 def test_unit_is_sandboxed(host):
     props = dict(line.split("=", 1) for line in host.check_output(
         "systemctl show -p NoNewPrivileges -p ProtectSystem -p ProtectHome -p PrivateTmp -p PrivateDevices "
